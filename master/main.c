@@ -1,0 +1,209 @@
+/*
+ * main: the `authd` command line. `serve` (the default) runs the master; the other verbs are
+ * short-lived clients of a running master's control socket, or offline tools.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "master/control.h"
+#include "master/pidfile.h"
+#include "master/supervisor.h"
+#include "shared/config.h"
+#include "shared/log.h"
+#include "shared/tls.h"
+
+#define EXIT_USAGE 2
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: authd [--config FILE] [VERB]\n"
+            "\n"
+            "  serve                 run the master in the foreground (default)\n"
+            "  config check          validate the configuration; exit 1 naming file:line\n"
+            "  config reference      print every configuration key (Markdown)\n"
+            "  status [--json]       workers, generations, heartbeats, counters\n"
+            "  reload                re-read the configuration, start a new worker generation\n"
+            "  stop                  drain and stop the running master\n"
+            "  version               print the version\n"
+            "\n"
+            "--config FILE defaults to $AUTHD_CONFIG, else %s when it exists, else built-in\n"
+            "defaults; AUTHD_<KEY> environment variables override any key.\n",
+            CONFIG_DEFAULT_PATH);
+}
+
+/* The file to read: --config, $AUTHD_CONFIG, the default path if present, or none. */
+static const char *config_path(const char *given, int *explicit_r)
+{
+    *explicit_r = 1;
+    if (given != NULL)
+        return given;
+    const char *env = getenv("AUTHD_CONFIG");
+    if (env != NULL && env[0] != '\0')
+        return env;
+    *explicit_r = 0;
+    return access(CONFIG_DEFAULT_PATH, F_OK) == 0 ? CONFIG_DEFAULT_PATH : NULL;
+}
+
+static struct config *load_or_report(const char *path)
+{
+    char *errors = NULL;
+    struct config *cfg = config_load(path, &errors);
+
+    if (cfg == NULL) {
+        fprintf(stderr, "%s\n", errors ? errors : "cannot load configuration");
+        free(errors);
+    }
+    return cfg;
+}
+
+static int cmd_config_check(const char *path)
+{
+    char err[512];
+    struct config *cfg = load_or_report(path);
+
+    if (cfg == NULL)
+        return 1;
+    SSL_CTX *ctx =
+        tls_context_new(cfg->listen.tls_certificate, cfg->listen.tls_key, err, sizeof(err));
+    if (ctx == NULL) {
+        int line = config_key_line(cfg, "listen.tls.certificate");
+        if (path && line > 0)
+            fprintf(stderr, "%s:%d: listen.tls: %s\n", path, line, err);
+        else
+            fprintf(stderr, "%s: listen.tls: %s\n", path ? path : "defaults", err);
+        config_free(cfg);
+        return 1;
+    }
+    SSL_CTX_free(ctx);
+    printf("%s: configuration ok (%d workers, https://%s:%d, admin http://%s:%d)\n",
+           path ? path : "built-in defaults", config_worker_count(cfg), cfg->listen.address,
+           cfg->listen.port, cfg->admin.address, cfg->admin.port);
+    config_free(cfg);
+    return 0;
+}
+
+/* Sends `cmd` to the master; falls back to a signal through the PID file when given one. */
+static int cmd_control(const struct config *cfg, const char *cmd, int fallback_sig, char **out_r)
+{
+    *out_r = control_request(cfg->control_socket, cmd, 30.0);
+    if (*out_r != NULL)
+        return strncmp(*out_r, "error", 5) == 0 ? 1 : 0;
+    int err = errno;
+    pid_t pid = pidfile_owner(cfg->pid_file);
+    if (fallback_sig != 0 && pid > 0) {
+        if (kill(pid, fallback_sig) < 0) {
+            fprintf(stderr, "authd: kill(%d): %s\n", (int)pid, strerror(errno));
+            return 1;
+        }
+        if (asprintf(out_r, "ok: signalled pid %d (control socket %s: %s)\n", (int)pid,
+                     cfg->control_socket, strerror(err)) < 0)
+            *out_r = NULL;
+        return 0;
+    }
+    fprintf(stderr, "authd: no running master: control socket %s: %s\n", cfg->control_socket,
+            strerror(err));
+    return 1;
+}
+
+/* Waits for `pid` to exit, up to `seconds`. */
+static int wait_gone(pid_t pid, double seconds)
+{
+    struct timespec ts = {0, 50 * 1000 * 1000};
+
+    for (double waited = 0; waited < seconds; waited += 0.05) {
+        if (kill(pid, 0) < 0 && errno == ESRCH)
+            return 0;
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+static int cmd_client(const struct config *cfg, const char *verb, int json)
+{
+    char *out = NULL;
+    int rc;
+
+    if (!strcmp(verb, "status")) {
+        rc = cmd_control(cfg, json ? "status json" : "status", 0, &out);
+    } else if (!strcmp(verb, "reload")) {
+        rc = cmd_control(cfg, "reload", SIGHUP, &out);
+    } else {
+        pid_t pid = pidfile_owner(cfg->pid_file);
+        rc = cmd_control(cfg, "stop", SIGTERM, &out);
+        if (rc == 0 && pid > 0 && wait_gone(pid, cfg->supervisor.drain_timeout + 10) < 0) {
+            fprintf(stderr, "authd: pid %d has not exited yet\n", (int)pid);
+            rc = 1;
+        }
+    }
+    if (out != NULL) {
+        fputs(out, rc == 0 ? stdout : stderr);
+        if (json && out[0] != '\0' && out[strlen(out) - 1] != '\n')
+            fputc('\n', stdout);
+    }
+    free(out);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {NULL, 0, NULL, 0}};
+    const char *given = NULL;
+    int json = 0, c, explicit_path;
+
+    while ((c = getopt_long(argc, argv, "+c:hj", opts, NULL)) != -1) {
+        if (c == 'c')
+            given = optarg;
+        else if (c == 'j')
+            json = 1;
+        else if (c == 'h') {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    const char *verb = optind < argc ? argv[optind++] : "serve";
+    const char *sub = optind < argc ? argv[optind] : NULL;
+    if (sub && !strcmp(sub, "--json")) {
+        json = 1;
+        optind++;
+        sub = NULL;
+    }
+    if (!strcmp(verb, "version")) {
+        printf("authd %s\n", PACKAGE_VERSION);
+        return 0;
+    }
+    log_set_role("cli");
+    const char *path = config_path(given, &explicit_path);
+    if (!strcmp(verb, "config") && sub && !strcmp(sub, "reference") && optind + 1 == argc) {
+        config_print_reference(stdout);
+        return 0;
+    }
+    if (!strcmp(verb, "config") && sub && !strcmp(sub, "check") && optind + 1 == argc)
+        return cmd_config_check(path);
+    if (optind < argc || !strcmp(verb, "config") ||
+        (strcmp(verb, "serve") && strcmp(verb, "status") && strcmp(verb, "reload") &&
+         strcmp(verb, "stop"))) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    struct config *cfg = load_or_report(path);
+    if (cfg == NULL)
+        return 1;
+    if (!strcmp(verb, "serve"))
+        return supervisor_run(path, cfg);
+    int rc = cmd_client(cfg, verb, json);
+    config_free(cfg);
+    return rc;
+}

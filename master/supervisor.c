@@ -1,0 +1,656 @@
+/* supervisor: the master's loop (see supervisor.h). */
+#include "master/supervisor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "master/control.h"
+#include "master/pidfile.h"
+#include "master/respawn.h"
+#include "shared/health.h"
+#include "shared/log.h"
+#include "shared/metrics.h"
+#include "shared/tls.h"
+#include "worker/worker.h"
+
+#define TICK_MS 100
+
+struct proc {
+    pid_t pid; /* 0: no worker in this slot */
+    unsigned generation;
+    int position; /* index in sup.pos, -1 once retired */
+    int64_t started_ms;
+    int retiring; /* sent SIGTERM: drains, is not respawned */
+    int64_t term_ms;
+    int killed;
+};
+
+struct position {
+    int slot;         /* -1: no worker */
+    int streak;       /* consecutive fast crashes */
+    int64_t spawn_at; /* monotonic ms; -1: nothing scheduled */
+};
+
+struct listen_fd {
+    int fd;
+    char *address;
+    int port;
+};
+
+static struct {
+    char *config_path;
+    struct config *cfg;
+    SSL_CTX *ssl;
+    struct health *h;
+    struct listen_fd pub, admin;
+    struct proc procs[HEALTH_SLOTS]; /* indexed by health slot */
+    struct position pos[CONFIG_MAX_WORKERS];
+    int npos;
+    unsigned generation;
+    int reload_waiting; /* new generation starting; old one not retired yet */
+    int reload_again;
+    int stopping;
+    int64_t stop_deadline;
+    int exit_code;
+    int ready_notified;
+    int pidfd, ctlfd, sigpipe[2];
+    int64_t last_rss_ms, last_wd_ms;
+    uint64_t watchdog_usec;
+} sup;
+
+/* ---- signals ---- */
+
+static volatile sig_atomic_t got_hup, got_term, got_usr1, got_chld;
+static volatile int sigpipe_w = -1;
+
+/*
+ * SIGNAL HANDLER. Async-signal-safe only: sets a flag and writes one byte to the self-pipe so
+ * poll() wakes; errno is preserved. The loop acts on the flags.
+ */
+static void on_signal(int sig)
+{
+    int saved = errno;
+
+    if (sig == SIGHUP)
+        got_hup = 1;
+    else if (sig == SIGTERM || sig == SIGINT)
+        got_term = 1;
+    else if (sig == SIGUSR1)
+        got_usr1 = 1;
+    else if (sig == SIGCHLD)
+        got_chld = 1;
+    if (sigpipe_w >= 0) {
+        ssize_t w = write(sigpipe_w, "", 1);
+        (void)w;
+    }
+    errno = saved;
+}
+
+static int install_signals(void)
+{
+    struct sigaction sa;
+    const int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGCHLD};
+
+    if (pipe2(sup.sigpipe, O_NONBLOCK | O_CLOEXEC) < 0)
+        return -1;
+    sigpipe_w = sup.sigpipe[1];
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        if (sigaction(sigs[i], &sa, NULL) < 0)
+            return -1;
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+/* ---- listeners ---- */
+
+static int listen_open(struct listen_fd *l, const char *address, int port, int backlog, char *err,
+                       size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char portstr[16];
+    int one = 1, fd = -1;
+
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int r = getaddrinfo(address, portstr, &hints, &ai);
+    if (r != 0) {
+        snprintf(err, errlen, "listen %s:%d: %s", address, port, gai_strerror(r));
+        return -1;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    /* TCP_NODELAY on the listener is inherited by accepted sockets: without it, responses on
+     * keep-alive TLS connections wait ~40 ms for delayed ACKs. */
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "listen %s:%d: %s", address, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    l->fd = fd;
+    l->address = strdup(address);
+    l->port = port;
+    return 0;
+}
+
+static void listen_close(struct listen_fd *l)
+{
+    if (l->fd >= 0)
+        close(l->fd);
+    free(l->address);
+    l->fd = -1;
+    l->address = NULL;
+}
+
+static int listen_same(const struct listen_fd *l, const char *address, int port)
+{
+    return l->fd >= 0 && l->port == port && strcmp(l->address, address) == 0;
+}
+
+/* ---- workers ---- */
+
+static int64_t now_ms(void)
+{
+    return health_now_mono_ms();
+}
+
+static void spawn(int position)
+{
+    struct position *ps = &sup.pos[position];
+    int slot = health_slot_claim(sup.h, sup.generation, now_ms());
+
+    if (slot < 0) {
+        log_error("no free health slot for worker %d; retrying in 1s", position);
+        ps->spawn_at = now_ms() + 1000;
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_error("fork: %s; retrying in 1s", strerror(errno));
+        health_slot_release(sup.h, slot);
+        ps->spawn_at = now_ms() + 1000;
+        return;
+    }
+    if (pid == 0) {
+        sigpipe_w = -1;
+        close(sup.sigpipe[0]);
+        close(sup.sigpipe[1]);
+        close(sup.ctlfd);
+        close(sup.pidfd);
+        exit(worker_main(sup.cfg, sup.ssl, sup.h, slot, sup.pub.fd, sup.admin.fd));
+    }
+    health_slot_set_pid(sup.h, slot, pid);
+    sup.procs[slot] = (struct proc){
+        .pid = pid, .generation = sup.generation, .position = position, .started_ms = now_ms()};
+    ps->slot = slot;
+    ps->spawn_at = -1;
+    log_debug("started worker pid %d in slot %d (generation %u)", (int)pid, slot, sup.generation);
+}
+
+static void describe_exit(int st, char *out, size_t n)
+{
+    if (WIFSIGNALED(st))
+        snprintf(out, n, "was killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+    else
+        snprintf(out, n, "exited with status %d", WEXITSTATUS(st));
+}
+
+static void begin_stop(int code);
+
+static void worker_died(const struct proc *p, int slot, int st)
+{
+    char how[96];
+    int64_t lived = now_ms() - p->started_ms;
+
+    describe_exit(st, how, sizeof(how));
+    if (WIFEXITED(st) && WEXITSTATUS(st) == WORKER_EXIT_FATAL) {
+        log_error("worker pid %d %s: it cannot start; stopping", (int)p->pid, how);
+        begin_stop(1);
+        return;
+    }
+    if (p->position < 0)
+        return;
+    struct position *ps = &sup.pos[p->position];
+    ps->streak =
+        respawn_streak(ps->streak, lived, (int64_t)(sup.cfg->supervisor.crash_window * 1000));
+    int64_t delay = respawn_delay_ms(ps->streak, sup.cfg->supervisor.crash_loop_limit,
+                                     (int64_t)(sup.cfg->supervisor.backoff_max * 1000));
+    if (delay < 0) {
+        log_error("worker %d crashed %d times in a row, each within %.1fs of starting: crash "
+                  "loop, giving up",
+                  p->position, ps->streak, sup.cfg->supervisor.crash_window);
+        begin_stop(1);
+        return;
+    }
+    log_warn("worker pid %d (slot %d) %s after %.1fs; respawning in %lld ms", (int)p->pid, slot,
+             how, lived / 1e3, (long long)delay);
+    atomic_fetch_add(&sup.h->worker_restarts_total, 1);
+    ps->spawn_at = now_ms() + delay;
+}
+
+static void reap(void)
+{
+    int st;
+    pid_t pid;
+
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        int slot = -1;
+        for (int i = 0; i < HEALTH_SLOTS && slot < 0; i++)
+            if (sup.procs[i].pid == pid)
+                slot = i;
+        if (slot < 0)
+            continue; /* not ours: an orphan we adopted as PID 1 */
+        struct proc p = sup.procs[slot];
+        sup.procs[slot] = (struct proc){0};
+        health_slot_release(sup.h, slot);
+        if (p.position >= 0 && sup.pos[p.position].slot == slot)
+            sup.pos[p.position].slot = -1;
+        if (p.retiring || sup.stopping) {
+            char how[96];
+            describe_exit(st, how, sizeof(how));
+            log_debug("worker pid %d (generation %u) %s after draining", (int)pid, p.generation,
+                      how);
+            continue;
+        }
+        worker_died(&p, slot, st);
+    }
+}
+
+static void signal_workers(int sig, int only_old)
+{
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct proc *p = &sup.procs[i];
+        if (p->pid == 0 || (only_old && p->generation == sup.generation))
+            continue;
+        kill(p->pid, sig);
+        if (sig == SIGTERM && !p->retiring) {
+            p->retiring = 1;
+            p->term_ms = now_ms();
+            p->position = -1;
+        }
+    }
+}
+
+static void watchdog(void)
+{
+    int64_t now = now_ms();
+    int64_t timeout = (int64_t)(sup.cfg->supervisor.heartbeat_timeout * 1000);
+    int64_t drain = (int64_t)(sup.cfg->supervisor.drain_timeout * 1000) + 5000;
+
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct proc *p = &sup.procs[i];
+        struct health_ident id;
+        if (p->pid == 0 || p->killed)
+            continue;
+        health_slot_ident(sup.h, i, &id);
+        if (respawn_heartbeat_stale(now, id.heartbeat_ms, timeout)) {
+            log_warn("worker pid %d (slot %d) missed its heartbeat for %.1fs; killing it",
+                     (int)p->pid, i, (now - id.heartbeat_ms) / 1e3);
+        } else if (p->retiring && now - p->term_ms > drain) {
+            log_warn("worker pid %d still draining after %.1fs; killing it", (int)p->pid,
+                     (now - p->term_ms) / 1e3);
+        } else {
+            continue;
+        }
+        kill(p->pid, SIGKILL);
+        p->killed = 1;
+    }
+}
+
+static int generation_ready(void)
+{
+    for (int i = 0; i < sup.npos; i++) {
+        struct health_ident id;
+        if (sup.pos[i].slot < 0)
+            return 0;
+        health_slot_ident(sup.h, sup.pos[i].slot, &id);
+        if (id.state != SLOT_READY)
+            return 0;
+    }
+    return 1;
+}
+
+static void start_generation(void)
+{
+    sup.generation++;
+    atomic_store(&sup.h->generation, sup.generation);
+    sup.npos = config_worker_count(sup.cfg);
+    atomic_store(&sup.h->workers_wanted, (unsigned)sup.npos);
+    for (int i = 0; i < sup.npos; i++) {
+        sup.pos[i] = (struct position){.slot = -1, .spawn_at = -1};
+        spawn(i);
+    }
+}
+
+/* ---- reload ---- */
+
+static void apply_log_config(const struct config *cfg)
+{
+    int lvl = log_level_parse(cfg->log.level);
+    log_set_level(lvl < 0 ? LOG_INFO : (enum log_level)lvl);
+    if (log_open(cfg->log.file) < 0)
+        log_error("open log file %s: %s; logging to the previous target", cfg->log.file,
+                  strerror(errno));
+}
+
+static int reload_listeners(const struct config *nc, struct listen_fd *np, struct listen_fd *na,
+                            char *err, size_t errlen)
+{
+    *np = (struct listen_fd){.fd = -1};
+    *na = (struct listen_fd){.fd = -1};
+    if (!listen_same(&sup.pub, nc->listen.address, nc->listen.port) &&
+        listen_open(np, nc->listen.address, nc->listen.port, nc->listen.backlog, err, errlen) < 0)
+        return -1;
+    if (!listen_same(&sup.admin, nc->admin.address, nc->admin.port) &&
+        listen_open(na, nc->admin.address, nc->admin.port, nc->listen.backlog, err, errlen) < 0) {
+        listen_close(np);
+        return -1;
+    }
+    return 0;
+}
+
+/* Validates the configuration file again and starts a new generation on it. */
+static int reload(char *msg, size_t msglen)
+{
+    char *errors = NULL, tlserr[512];
+    struct listen_fd np, na;
+    SSL_CTX *nssl = NULL;
+
+    if (sup.stopping) {
+        snprintf(msg, msglen, "error: the master is stopping\n");
+        return -1;
+    }
+    if (sup.reload_waiting) {
+        sup.reload_again = 1;
+        snprintf(msg, msglen, "ok: queued behind the reload in progress\n");
+        return 0;
+    }
+    struct config *nc = config_load(sup.config_path, &errors);
+    if (nc != NULL) {
+        nssl =
+            tls_context_new(nc->listen.tls_certificate, nc->listen.tls_key, tlserr, sizeof(tlserr));
+        if (nssl == NULL)
+            errors = strdup(tlserr);
+    }
+    if (nssl != NULL && reload_listeners(nc, &np, &na, tlserr, sizeof(tlserr)) < 0) {
+        errors = strdup(tlserr);
+        SSL_CTX_free(nssl);
+        nssl = NULL;
+    }
+    if (nssl == NULL) {
+        config_free(nc);
+        atomic_fetch_add(&sup.h->reload_failures_total, 1);
+        log_error("reload refused, still serving the previous configuration: %s",
+                  errors ? errors : "unknown error");
+        snprintf(msg, msglen, "error: reload refused: %s\n", errors ? errors : "unknown error");
+        free(errors);
+        return -1;
+    }
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+               (unsigned long long)now_ms() * 1000ULL);
+    if (np.fd >= 0) {
+        listen_close(&sup.pub);
+        sup.pub = np;
+    }
+    if (na.fd >= 0) {
+        listen_close(&sup.admin);
+        sup.admin = na;
+    }
+    config_free(sup.cfg);
+    SSL_CTX_free(sup.ssl);
+    sup.cfg = nc;
+    sup.ssl = nssl;
+    apply_log_config(nc);
+    for (int i = 0; i < HEALTH_SLOTS; i++)
+        sup.procs[i].position = -1; /* the running generation is now the old one */
+    start_generation();
+    sup.reload_waiting = 1;
+    atomic_fetch_add(&sup.h->reloads_total, 1);
+    log_info("reloading: generation %u starting %d workers", sup.generation, sup.npos);
+    snprintf(msg, msglen, "ok: generation %u starting\n", sup.generation);
+    return 0;
+}
+
+static void finish_reload_if_ready(void)
+{
+    if (!sup.reload_waiting || !generation_ready())
+        return;
+    signal_workers(SIGTERM, 1);
+    sup.reload_waiting = 0;
+    sd_notifyf(0, "READY=1\nSTATUS=serving, generation %u", sup.generation);
+    log_info("reload complete: generation %u serving, older workers draining", sup.generation);
+    if (sup.reload_again) {
+        char msg[256];
+        sup.reload_again = 0;
+        reload(msg, sizeof(msg));
+    }
+}
+
+/* ---- stop ---- */
+
+static void begin_stop(int code)
+{
+    if (sup.stopping)
+        return;
+    sup.stopping = 1;
+    sup.exit_code = code;
+    sup.stop_deadline = now_ms() + (int64_t)(sup.cfg->supervisor.drain_timeout * 1000) + 2000;
+    sd_notify(0, "STOPPING=1");
+    log_info("stopping: draining workers (drain timeout %.1fs)", sup.cfg->supervisor.drain_timeout);
+    listen_close(&sup.pub);
+    listen_close(&sup.admin);
+    for (int i = 0; i < sup.npos; i++)
+        sup.pos[i].spawn_at = -1;
+    signal_workers(SIGTERM, 0);
+}
+
+static int live_procs(void)
+{
+    int n = 0;
+    for (int i = 0; i < HEALTH_SLOTS; i++)
+        n += sup.procs[i].pid != 0;
+    return n;
+}
+
+/* ---- control socket ---- */
+
+static void serve_control(void)
+{
+    char cmd[256], msg[8192];
+    int cfd = control_accept(sup.ctlfd, cmd, sizeof(cmd));
+
+    if (cfd < 0)
+        return;
+    if (!strcmp(cmd, "ping")) {
+        control_reply(cfd, "ok\n");
+    } else if (!strcmp(cmd, "status") || !strcmp(cmd, "status json")) {
+        char *text = NULL;
+        if (!strcmp(cmd, "status")) {
+            text = metrics_status_text(sup.h);
+        } else {
+            json_t *j = metrics_status_json(sup.h);
+            text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+            json_decref(j);
+        }
+        control_reply(cfd, text ? text : "error: out of memory\n");
+        free(text);
+    } else if (!strcmp(cmd, "reload")) {
+        reload(msg, sizeof(msg));
+        control_reply(cfd, msg);
+    } else if (!strcmp(cmd, "stop")) {
+        snprintf(msg, sizeof(msg), "ok: stopping pid %d\n", (int)getpid());
+        control_reply(cfd, msg);
+        begin_stop(0);
+    } else {
+        control_reply(cfd, "error: unknown command (ping, status, status json, reload, stop)\n");
+    }
+}
+
+/* ---- loop ---- */
+
+static void handle_flags(void)
+{
+    char msg[8192];
+
+    if (got_chld) {
+        got_chld = 0;
+        reap();
+    }
+    if (got_term) {
+        got_term = 0;
+        begin_stop(0);
+    }
+    if (got_hup) {
+        got_hup = 0;
+        reload(msg, sizeof(msg));
+    }
+    if (got_usr1) {
+        got_usr1 = 0;
+        if (log_reopen() < 0)
+            log_error("reopen %s: %s", sup.cfg->log.file, strerror(errno));
+        signal_workers(SIGUSR1, 0);
+        log_info("log files reopened");
+    }
+}
+
+static void tick(void)
+{
+    int64_t now = now_ms();
+
+    reap(); /* also catches exits whose SIGCHLD coalesced */
+    for (int i = 0; i < sup.npos && !sup.stopping; i++)
+        if (sup.pos[i].slot < 0 && sup.pos[i].spawn_at >= 0 && sup.pos[i].spawn_at <= now)
+            spawn(i);
+    watchdog();
+    finish_reload_if_ready();
+    if (!sup.ready_notified && generation_ready()) {
+        sup.ready_notified = 1;
+        sd_notifyf(0, "READY=1\nSTATUS=serving, generation %u\nMAINPID=%d", sup.generation,
+                   (int)getpid());
+        log_info("ready: %d workers serving https://%s:%d, admin on http://%s:%d", sup.npos,
+                 sup.cfg->listen.address, sup.cfg->listen.port, sup.cfg->admin.address,
+                 sup.cfg->admin.port);
+    }
+    if (sup.stopping && now > sup.stop_deadline && live_procs() > 0) {
+        log_warn("drain timeout: killing %d worker(s)", live_procs());
+        signal_workers(SIGKILL, 0);
+        sup.stop_deadline = now + 1000;
+    }
+    if (now - sup.last_rss_ms >= 1000) {
+        sup.last_rss_ms = now;
+        atomic_store(&sup.h->master_rss_bytes, health_self_rss());
+    }
+    if (sup.watchdog_usec > 0 && (uint64_t)(now - sup.last_wd_ms) * 1000 >= sup.watchdog_usec / 2) {
+        sup.last_wd_ms = now;
+        sd_notify(0, "WATCHDOG=1");
+    }
+}
+
+static void loop(void)
+{
+    while (!sup.stopping || live_procs() > 0) {
+        struct pollfd pfd[2] = {{.fd = sup.sigpipe[0], .events = POLLIN},
+                                {.fd = sup.ctlfd, .events = POLLIN}};
+        int n = poll(pfd, 2, TICK_MS);
+        if (n > 0 && (pfd[0].revents & POLLIN)) {
+            char buf[64];
+            while (read(sup.sigpipe[0], buf, sizeof(buf)) > 0)
+                ;
+        }
+        handle_flags();
+        if (n > 0 && (pfd[1].revents & POLLIN))
+            serve_control();
+        tick();
+    }
+}
+
+static int start(char *err, size_t errlen)
+{
+    sup.pidfd = pidfile_acquire(sup.cfg->pid_file, err, errlen);
+    if (sup.pidfd < 0)
+        return -1;
+    sup.ctlfd = control_listen(sup.cfg->control_socket, err, errlen);
+    if (sup.ctlfd < 0)
+        return -1;
+    sup.ssl =
+        tls_context_new(sup.cfg->listen.tls_certificate, sup.cfg->listen.tls_key, err, errlen);
+    if (sup.ssl == NULL)
+        return -1;
+    if (listen_open(&sup.pub, sup.cfg->listen.address, sup.cfg->listen.port,
+                    sup.cfg->listen.backlog, err, errlen) < 0 ||
+        listen_open(&sup.admin, sup.cfg->admin.address, sup.cfg->admin.port,
+                    sup.cfg->listen.backlog, err, errlen) < 0)
+        return -1;
+    if ((sup.h = health_create()) == NULL) {
+        snprintf(err, errlen, "mmap health segment: %s", strerror(errno));
+        return -1;
+    }
+    if (install_signals() < 0) {
+        snprintf(err, errlen, "signals: %s", strerror(errno));
+        return -1;
+    }
+    if (sd_watchdog_enabled(0, &sup.watchdog_usec) <= 0)
+        sup.watchdog_usec = 0;
+    return 0;
+}
+
+int supervisor_run(const char *config_path, struct config *cfg)
+{
+    char err[1024];
+
+    sup.config_path = config_path ? strdup(config_path) : NULL;
+    sup.cfg = cfg;
+    sup.pidfd = sup.ctlfd = -1;
+    sup.pub.fd = sup.admin.fd = -1;
+    sup.sigpipe[0] = sup.sigpipe[1] = -1;
+    log_set_role("master");
+    apply_log_config(cfg);
+    if (start(err, sizeof(err)) < 0) {
+        log_error("cannot start: %s", err);
+        sup.exit_code = 1;
+        goto out;
+    }
+    log_info("authd %s master pid %d starting %d workers", PACKAGE_VERSION, (int)getpid(),
+             config_worker_count(cfg));
+    start_generation();
+    loop();
+    log_info("stopped");
+out:
+    if (sup.ctlfd >= 0) {
+        close(sup.ctlfd);
+        unlink(sup.cfg->control_socket);
+    }
+    pidfile_release(sup.cfg->pid_file, sup.pidfd);
+    listen_close(&sup.pub);
+    listen_close(&sup.admin);
+    for (int i = 0; i < 2; i++)
+        if (sup.sigpipe[i] >= 0)
+            close(sup.sigpipe[i]);
+    health_destroy(sup.h);
+    SSL_CTX_free(sup.ssl);
+    config_free(sup.cfg);
+    free(sup.config_path);
+    log_flush();
+    return sup.exit_code;
+}

@@ -1,0 +1,116 @@
+/*
+ * config: the whole runtime configuration of authd as one immutable object.
+ *
+ * A config is built from built-in defaults, then a libconfig file, then AUTHD_* environment
+ * overrides; every key is described by one schema table (config.c) that also drives type and
+ * range checks, unknown-key detection and `<key>_file` secrets. Reload builds a new object and
+ * swaps it in only when it validated completely.
+ */
+#ifndef AUTHD_CONFIG_H
+#define AUTHD_CONFIG_H
+
+#include <stdio.h>
+
+#define CONFIG_MAX_WORKERS     64
+#define CONFIG_MAX_SIGNING_KEY 8
+#define CONFIG_DEFAULT_PATH    "/etc/authd/authd.conf"
+
+struct config {
+    char *path; /* file read, or NULL when running on built-in defaults */
+
+    int workers; /* as configured; 0 = one per CPU (see config_worker_count) */
+    char *pid_file;
+    char *control_socket;
+
+    struct {
+        char *address;
+        int port;
+        int backlog;
+        char *tls_certificate;
+        char *tls_key;
+    } listen;
+
+    struct {
+        char *address;
+        int port;
+    } admin;
+
+    struct {
+        int max_header_size;
+        int max_body_size;
+        int max_connections;
+        double header_timeout;
+        double idle_timeout;
+    } http;
+
+    struct {
+        double heartbeat_interval;
+        double heartbeat_timeout;
+        double drain_timeout;
+        double crash_window;
+        int crash_loop_limit;
+        double backoff_max;
+    } supervisor;
+
+    struct {
+        int threads;
+        int queue;
+    } offload;
+
+    struct {
+        char *driver;
+        char *path;
+        char *uri;
+        char *database;
+    } store;
+
+    struct {
+        char *backend;
+        char *redis_host;
+        int redis_port;
+        char *redis_password;
+    } ratelimit;
+
+    struct {
+        char *issuer;
+        char *audience;
+        char *signing_keys[CONFIG_MAX_SIGNING_KEY];
+        int signing_keys_count;
+        int access_ttl;
+        int refresh_ttl;
+    } tokens;
+
+    struct {
+        char *directory;
+        int keep;
+        char *encryption_key_file;
+    } backup;
+
+    struct {
+        char *level;
+        char *file;
+        int access;
+    } log;
+
+    int *lines; /* per schema entry: source line in the file, 0 if not from the file */
+};
+
+/*
+ * Build a config from defaults, then `path` (NULL: defaults only), then the environment.
+ * Returns the new config, or NULL with every problem found written to *errors_r as
+ * newline-separated "file:line: problem" lines (caller frees *errors_r).
+ */
+struct config *config_load(const char *path, char **errors_r);
+
+void config_free(struct config *cfg);
+
+/* Resolves workers = 0 to the number of online CPUs, capped at CONFIG_MAX_WORKERS. */
+int config_worker_count(const struct config *cfg);
+
+/* Source line of `key` in the file (0 when it came from a default or the environment). */
+int config_key_line(const struct config *cfg, const char *key);
+
+/* Writes the schema (key, type, default, description) as a Markdown table to `out`. */
+void config_print_reference(FILE *out);
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * health: the shared-memory segment through which workers report to the master and to each
+ * other (for /metrics and /healthz) — one versioned struct without pointers, mapped
+ * MAP_SHARED | MAP_ANONYMOUS by the master before it forks.
+ *
+ * One cache-line-aligned slot per worker process. The master claims a slot before fork and
+ * releases it when it reaps the worker; the worker writes its heartbeat and counters. Counters
+ * are never reset when a slot is reused, so their sum over all slots is monotonic for the
+ * life of the master (what Prometheus counters need). Fields are C11 atomics; a reader may see
+ * a slot mid-update and tolerates it: identity fields are guarded by a sequence counter.
+ */
+#ifndef AUTHD_HEALTH_H
+#define AUTHD_HEALTH_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "shared/route.h"
+
+#define HEALTH_MAGIC   0x61757468u /* "auth" */
+#define HEALTH_VERSION 1u
+#define HEALTH_SLOTS   128 /* two generations of CONFIG_MAX_WORKERS during a reload */
+
+enum health_state {
+    SLOT_FREE = 0,
+    SLOT_STARTING, /* forked, setting up */
+    SLOT_READY,    /* accepting */
+    SLOT_DRAINING, /* finishing in-flight requests, no longer accepting */
+};
+
+/* Status codes counted separately; anything else is counted as "other". */
+#define HEALTH_STATUSES 20
+/* Latency histogram upper bounds in microseconds; the last bucket is +Inf. */
+#define HEALTH_BUCKETS 14
+extern const uint32_t health_bucket_us[HEALTH_BUCKETS - 1];
+extern const int health_status_codes[HEALTH_STATUSES - 1];
+
+struct health_slot {
+    _Alignas(64) atomic_uint seq; /* odd while identity fields change */
+    atomic_int pid;
+    atomic_uint generation;
+    atomic_uint state;
+    atomic_llong started_ms;   /* wall clock, for display */
+    atomic_llong heartbeat_ms; /* monotonic clock */
+    atomic_uint used;          /* ever held a worker: its counters count */
+
+    atomic_llong connections; /* open now */
+    atomic_ullong connections_total;
+    atomic_ullong connections_rejected; /* over http.max_connections */
+    atomic_llong inflight;
+    atomic_ullong timeouts_total; /* header or idle timeouts that closed a connection */
+    atomic_ullong tls_failures_total;
+    atomic_llong rss_bytes;
+    atomic_llong offload_queued;
+    atomic_ullong offload_rejected_total;
+
+    atomic_ullong requests[ROUTE_COUNT][HEALTH_STATUSES];
+    atomic_ullong latency_bucket[HEALTH_BUCKETS];
+    atomic_ullong latency_sum_us;
+};
+
+struct health {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t nslots;
+    atomic_int master_pid;
+    atomic_uint generation; /* current generation */
+    atomic_uint workers_wanted;
+    atomic_llong started_ms;
+    atomic_ullong reloads_total;
+    atomic_ullong reload_failures_total;
+    atomic_ullong worker_restarts_total;
+    atomic_llong master_rss_bytes;
+    struct health_slot slot[HEALTH_SLOTS];
+};
+
+/* Maps a fresh segment (zeroed). Returns NULL with errno set. */
+struct health *health_create(void);
+void health_destroy(struct health *h);
+
+/* Master: picks a free slot for a new worker of `generation`; -1 when none is free. */
+int health_slot_claim(struct health *h, unsigned generation, int64_t now_mono_ms);
+void health_slot_set_pid(struct health *h, int slot, pid_t pid);
+void health_slot_release(struct health *h, int slot);
+
+/* Worker: state changes and heartbeat. */
+void health_slot_state(struct health *h, int slot, enum health_state state);
+void health_slot_beat(struct health *h, int slot, int64_t now_mono_ms, long rss_bytes);
+void health_count_request(struct health_slot *s, enum route_id route, int status,
+                          uint64_t latency_us);
+
+/* Index of `status` in health_status_codes, or HEALTH_STATUSES - 1 for "other". */
+int health_status_index(int status);
+
+/* A consistent copy of a slot's identity fields. */
+struct health_ident {
+    pid_t pid;
+    unsigned generation;
+    enum health_state state;
+    int64_t started_ms;
+    int64_t heartbeat_ms;
+};
+void health_slot_ident(const struct health *h, int slot, struct health_ident *out);
+
+/* Time helpers shared by everything that reads the segment. */
+int64_t health_now_mono_ms(void);
+int64_t health_now_wall_ms(void);
+/* Resident set size of the calling process in bytes (from /proc/self/statm), or -1. */
+long health_self_rss(void);
+
+#endif

@@ -1,0 +1,170 @@
+/*
+ * log: JSON-lines logging (see log.h). Lines are built with jansson so every string a client
+ * controls is escaped by the library, never by hand.
+ */
+#include "shared/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LINE_MAX_BYTES 4096 /* PIPE_BUF: one write of a whole line is atomic on pipes */
+#define BUF_BYTES      (16 * 1024)
+
+static const char *const level_names[] = {"debug", "info", "warning", "error"};
+static enum log_level min_level = LOG_INFO;
+static const char *role = "authd";
+static char *log_path;
+static char buf[BUF_BYTES];
+static size_t buf_len;
+
+void log_set_role(const char *r)
+{
+    role = r;
+}
+
+int log_level_parse(const char *name)
+{
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, level_names[i]))
+            return i;
+    return -1;
+}
+
+void log_set_level(enum log_level level)
+{
+    min_level = level;
+}
+
+static void write_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(STDERR_FILENO, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return; /* nowhere left to report it */
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void log_flush(void)
+{
+    /* Write in chunks of whole lines no larger than PIPE_BUF. */
+    size_t off = 0;
+    while (off < buf_len) {
+        size_t end = off;
+        while (end < buf_len) {
+            char *nl = memchr(buf + end, '\n', buf_len - end);
+            size_t next = nl ? (size_t)(nl - buf) + 1 : buf_len;
+            if (next - off > LINE_MAX_BYTES && end > off)
+                break;
+            end = next;
+        }
+        write_all(buf + off, end - off);
+        off = end;
+    }
+    buf_len = 0;
+}
+
+int log_open(const char *file)
+{
+    if (file == NULL || file[0] == '\0') {
+        free(log_path);
+        log_path = NULL;
+        return 0;
+    }
+    int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    log_flush();
+    if (dup2(fd, STDERR_FILENO) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    close(fd);
+    if (log_path == NULL || strcmp(log_path, file) != 0) {
+        free(log_path);
+        log_path = strdup(file);
+    }
+    return 0;
+}
+
+int log_reopen(void)
+{
+    if (log_path == NULL)
+        return 0;
+    char *p = strdup(log_path);
+    int r = p ? log_open(p) : -1;
+    free(p);
+    return r;
+}
+
+static void timestamp(char *out, size_t n)
+{
+    struct timeval tv;
+    struct tm tm;
+
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    size_t len = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + len, n - len, ".%03ldZ", (long)tv.tv_usec / 1000);
+}
+
+void log_json(enum log_level level, json_t *fields, int buffered)
+{
+    char ts[40];
+    char line[LINE_MAX_BYTES];
+
+    if (level < min_level || fields == NULL) {
+        json_decref(fields);
+        return;
+    }
+    timestamp(ts, sizeof(ts));
+    json_t *o = json_pack("{s:s, s:s, s:i, s:s}", "ts", ts, "level", level_names[level], "pid",
+                          (int)getpid(), "role", role);
+    if (o == NULL) {
+        json_decref(fields);
+        return;
+    }
+    json_object_update(o, fields);
+    json_decref(fields);
+    size_t n = json_dumpb(o, line, sizeof(line) - 1, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (n == 0 || n >= sizeof(line) - 1)
+        return; /* cannot be encoded whole: a truncated JSON line would be worse */
+    line[n++] = '\n';
+    if (!buffered) {
+        log_flush();
+        write_all(line, n);
+        return;
+    }
+    if (buf_len + n > sizeof(buf))
+        log_flush();
+    memcpy(buf + buf_len, line, n);
+    buf_len += n;
+}
+
+void log_msg(enum log_level level, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+
+    if (level < min_level)
+        return;
+    int saved = errno;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    log_json(level, json_pack("{s:s}", "msg", msg), 0);
+    errno = saved;
+}

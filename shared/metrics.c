@@ -1,0 +1,255 @@
+/* metrics: Prometheus and status rendering of the health segment (see metrics.h). */
+#include "shared/metrics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+const char *metrics_state_name(enum health_state state)
+{
+    switch (state) {
+    case SLOT_FREE:
+        return "free";
+    case SLOT_STARTING:
+        return "starting";
+    case SLOT_READY:
+        return "ready";
+    case SLOT_DRAINING:
+        return "draining";
+    }
+    return "unknown";
+}
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+struct totals {
+    unsigned long long requests[ROUTE_COUNT][HEALTH_STATUSES];
+    unsigned long long bucket[HEALTH_BUCKETS];
+    unsigned long long latency_sum_us;
+    long long connections, inflight, offload_queued;
+    unsigned long long connections_total, rejected, timeouts, tls_failures, offload_rejected;
+    int workers[4];
+};
+
+static void sum_slots(const struct health *h, struct totals *t)
+{
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        const struct health_slot *s = &h->slot[i];
+        if (!LOAD(s->used))
+            continue;
+        unsigned st = LOAD(s->state);
+        if (st < 4)
+            t->workers[st]++;
+        for (int r = 0; r < ROUTE_COUNT; r++)
+            for (int c = 0; c < HEALTH_STATUSES; c++)
+                t->requests[r][c] += LOAD(s->requests[r][c]);
+        for (int b = 0; b < HEALTH_BUCKETS; b++)
+            t->bucket[b] += LOAD(s->latency_bucket[b]);
+        t->latency_sum_us += LOAD(s->latency_sum_us);
+        t->connections += LOAD(s->connections);
+        t->inflight += LOAD(s->inflight);
+        t->offload_queued += LOAD(s->offload_queued);
+        t->connections_total += LOAD(s->connections_total);
+        t->rejected += LOAD(s->connections_rejected);
+        t->timeouts += LOAD(s->timeouts_total);
+        t->tls_failures += LOAD(s->tls_failures_total);
+        t->offload_rejected += LOAD(s->offload_rejected_total);
+    }
+}
+
+static void metric_head(FILE *f, const char *name, const char *type, const char *help)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void render_requests(FILE *f, const struct totals *t)
+{
+    metric_head(f, "authd_http_requests_total", "counter",
+                "HTTP requests answered, by route and status code.");
+    for (int r = 0; r < ROUTE_COUNT; r++) {
+        const char *name = route_name((enum route_id)r);
+        if (name == NULL)
+            continue;
+        for (int c = 0; c < HEALTH_STATUSES; c++) {
+            if (t->requests[r][c] == 0)
+                continue;
+            if (c < HEALTH_STATUSES - 1)
+                fprintf(f, "authd_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n", name,
+                        health_status_codes[c], t->requests[r][c]);
+            else
+                fprintf(f, "authd_http_requests_total{route=\"%s\",status=\"other\"} %llu\n", name,
+                        t->requests[r][c]);
+        }
+    }
+    metric_head(f, "authd_http_request_duration_seconds", "histogram",
+                "Time from a request's first byte to its response being queued.");
+    unsigned long long cum = 0;
+    for (int b = 0; b < HEALTH_BUCKETS; b++) {
+        cum += t->bucket[b];
+        if (b < HEALTH_BUCKETS - 1)
+            fprintf(f, "authd_http_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                    health_bucket_us[b] / 1e6, cum);
+        else
+            fprintf(f, "authd_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+    }
+    fprintf(f, "authd_http_request_duration_seconds_sum %.6f\n", t->latency_sum_us / 1e6);
+    fprintf(f, "authd_http_request_duration_seconds_count %llu\n", cum);
+}
+
+static void render_gauge(FILE *f, const char *name, const char *type, const char *help, long long v)
+{
+    metric_head(f, name, type, help);
+    fprintf(f, "%s %lld\n", name, v);
+}
+
+static void render_workers(FILE *f, const struct health *h, const struct totals *t)
+{
+    int64_t now = health_now_mono_ms();
+
+    metric_head(f, "authd_workers", "gauge", "Worker processes by state.");
+    for (int st = SLOT_STARTING; st <= SLOT_DRAINING; st++)
+        fprintf(f, "authd_workers{state=\"%s\"} %d\n", metrics_state_name((enum health_state)st),
+                t->workers[st]);
+    metric_head(f, "authd_worker_resident_memory_bytes", "gauge",
+                "Resident set size of each live worker.");
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct health_ident id;
+        health_slot_ident(h, i, &id);
+        if (id.state != SLOT_FREE)
+            fprintf(f, "authd_worker_resident_memory_bytes{slot=\"%d\",generation=\"%u\"} %lld\n",
+                    i, id.generation, (long long)LOAD(h->slot[i].rss_bytes));
+    }
+    metric_head(f, "authd_worker_heartbeat_age_seconds", "gauge",
+                "Seconds since each live worker's last heartbeat.");
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct health_ident id;
+        health_slot_ident(h, i, &id);
+        if (id.state != SLOT_FREE)
+            fprintf(f, "authd_worker_heartbeat_age_seconds{slot=\"%d\",generation=\"%u\"} %.3f\n",
+                    i, id.generation, (now - id.heartbeat_ms) / 1e3);
+    }
+}
+
+char *metrics_render(const struct health *h, size_t *len_r)
+{
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    struct totals *t = calloc(1, sizeof(*t));
+
+    if (f == NULL || t == NULL) {
+        if (f)
+            fclose(f);
+        free(out);
+        free(t);
+        return NULL;
+    }
+    sum_slots(h, t);
+    render_requests(f, t);
+    render_gauge(f, "authd_http_connections", "gauge", "Open client connections.", t->connections);
+    render_gauge(f, "authd_http_connections_total", "counter", "Accepted client connections.",
+                 (long long)t->connections_total);
+    render_gauge(f, "authd_http_connections_rejected_total", "counter",
+                 "Connections refused because a worker was at http.max_connections.",
+                 (long long)t->rejected);
+    render_gauge(f, "authd_http_timeouts_total", "counter",
+                 "Connections closed by the header/body or idle timeout.", (long long)t->timeouts);
+    render_gauge(f, "authd_tls_handshake_failures_total", "counter", "TLS handshakes that failed.",
+                 (long long)t->tls_failures);
+    render_gauge(f, "authd_http_requests_in_flight", "gauge", "Requests being handled now.",
+                 t->inflight);
+    render_gauge(f, "authd_offload_queue_depth", "gauge",
+                 "Blocking jobs queued or running in the worker thread pools.", t->offload_queued);
+    render_gauge(f, "authd_offload_rejected_total", "counter",
+                 "Jobs refused because a worker's offload queue was full (503).",
+                 (long long)t->offload_rejected);
+    render_workers(f, h, t);
+    render_gauge(f, "authd_worker_restarts_total", "counter",
+                 "Workers respawned after a crash or a missed heartbeat.",
+                 (long long)LOAD(h->worker_restarts_total));
+    render_gauge(f, "authd_reloads_total", "counter", "Successful configuration reloads.",
+                 (long long)LOAD(h->reloads_total));
+    render_gauge(f, "authd_reload_failures_total", "counter",
+                 "Reloads refused because the new configuration was invalid.",
+                 (long long)LOAD(h->reload_failures_total));
+    render_gauge(f, "authd_generation", "gauge", "Current worker generation.",
+                 (long long)LOAD(h->generation));
+    render_gauge(f, "authd_master_resident_memory_bytes", "gauge",
+                 "Resident set size of the master process.", (long long)LOAD(h->master_rss_bytes));
+    render_gauge(f, "authd_start_time_seconds", "gauge", "Unix time the master started.",
+                 (long long)(LOAD(h->started_ms) / 1000));
+    free(t);
+    fclose(f);
+    *len_r = len;
+    return out;
+}
+
+static unsigned long long slot_requests(const struct health_slot *s)
+{
+    unsigned long long n = 0;
+    for (int b = 0; b < HEALTH_BUCKETS; b++)
+        n += LOAD(s->latency_bucket[b]);
+    return n;
+}
+
+json_t *metrics_status_json(const struct health *h)
+{
+    int64_t now = health_now_mono_ms(), wall = health_now_wall_ms();
+    json_t *workers = json_array();
+
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct health_ident id;
+        health_slot_ident(h, i, &id);
+        if (id.state == SLOT_FREE)
+            continue;
+        const struct health_slot *s = &h->slot[i];
+        json_array_append_new(
+            workers,
+            json_pack("{s:i, s:i, s:i, s:s, s:f, s:I, s:I, s:I, s:I}", "slot", i, "pid",
+                      (int)id.pid, "generation", (int)id.generation, "state",
+                      metrics_state_name(id.state), "uptime_s", (wall - id.started_ms) / 1e3,
+                      "heartbeat_age_ms", (json_int_t)(now - id.heartbeat_ms), "connections",
+                      (json_int_t)LOAD(s->connections), "requests", (json_int_t)slot_requests(s),
+                      "rss_bytes", (json_int_t)LOAD(s->rss_bytes)));
+    }
+    return json_pack("{s:i, s:i, s:i, s:f, s:I, s:I, s:I, s:I, s:o}", "master_pid",
+                     LOAD(h->master_pid), "generation", (int)LOAD(h->generation), "workers_wanted",
+                     (int)LOAD(h->workers_wanted), "uptime_s", (wall - LOAD(h->started_ms)) / 1e3,
+                     "reloads", (json_int_t)LOAD(h->reloads_total), "reload_failures",
+                     (json_int_t)LOAD(h->reload_failures_total), "worker_restarts",
+                     (json_int_t)LOAD(h->worker_restarts_total), "master_rss_bytes",
+                     (json_int_t)LOAD(h->master_rss_bytes), "workers", workers);
+}
+
+char *metrics_status_text(const struct health *h)
+{
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    int64_t now = health_now_mono_ms(), wall = health_now_wall_ms();
+
+    if (f == NULL)
+        return NULL;
+    fprintf(f,
+            "authd master pid %d, generation %u, up %.0fs, %u workers wanted, reloads %llu "
+            "(%llu refused), worker restarts %llu, master rss %.1f MiB\n",
+            LOAD(h->master_pid), LOAD(h->generation), (wall - LOAD(h->started_ms)) / 1e3,
+            LOAD(h->workers_wanted), (unsigned long long)LOAD(h->reloads_total),
+            (unsigned long long)LOAD(h->reload_failures_total),
+            (unsigned long long)LOAD(h->worker_restarts_total),
+            LOAD(h->master_rss_bytes) / 1048576.0);
+    fprintf(f, "%-5s %-8s %-4s %-9s %-9s %-10s %-6s %-10s %s\n", "SLOT", "PID", "GEN", "STATE",
+            "UPTIME", "HEARTBEAT", "CONNS", "REQUESTS", "RSS");
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct health_ident id;
+        health_slot_ident(h, i, &id);
+        if (id.state == SLOT_FREE)
+            continue;
+        const struct health_slot *s = &h->slot[i];
+        fprintf(f, "%-5d %-8d %-4u %-9s %-9.1f %-10lld %-6lld %-10llu %.1fM\n", i, (int)id.pid,
+                id.generation, metrics_state_name(id.state), (wall - id.started_ms) / 1e3,
+                (long long)(now - id.heartbeat_ms), (long long)LOAD(s->connections),
+                slot_requests(s), LOAD(s->rss_bytes) / 1048576.0);
+    }
+    fclose(f);
+    return out;
+}

@@ -1,0 +1,125 @@
+/*
+ * router: the route table and the operational handlers (/healthz, /readyz, /metrics).
+ */
+#include "worker/router.h"
+
+#include <http_parser.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shared/metrics.h"
+#include "worker/worker.h"
+
+#define ON_PUBLIC 0x1
+#define ON_ADMIN  0x2
+
+typedef void handler_fn(struct http_request *req);
+
+struct route {
+    int method; /* enum http_method */
+    const char *path;
+    enum route_id id;
+    unsigned where;
+    handler_fn *handler;
+};
+
+static struct worker *worker_of(struct http_request *req)
+{
+    return http_worker(req);
+}
+
+/* Live workers: those whose heartbeat is younger than the configured timeout. */
+static int live_workers(struct worker *w, int *ready_current_r)
+{
+    int64_t now = health_now_mono_ms();
+    int64_t timeout_ms = (int64_t)(w->cfg->supervisor.heartbeat_timeout * 1000);
+    unsigned gen = atomic_load(&w->health->generation);
+    int live = 0, ready = 0;
+
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct health_ident id;
+        health_slot_ident(w->health, i, &id);
+        if (id.state == SLOT_FREE || now - id.heartbeat_ms > timeout_ms)
+            continue;
+        live++;
+        if (id.state == SLOT_READY && id.generation == gen)
+            ready++;
+    }
+    *ready_current_r = ready;
+    return live;
+}
+
+static void handle_healthz(struct http_request *req)
+{
+    int ready;
+    int live = live_workers(worker_of(req), &ready);
+
+    http_reply_json(req, 200, json_pack("{s:s, s:i}", "status", "ok", "workers", live));
+}
+
+static void handle_readyz(struct http_request *req)
+{
+    struct worker *w = worker_of(req);
+    int ready;
+
+    live_workers(w, &ready);
+    json_t *checks = json_pack("{s:s}", "workers", ready > 0 ? "ok" : "down");
+    if (ready > 0 && !w->draining) {
+        http_reply_json(req, 200, json_pack("{s:s, s:o}", "status", "ready", "checks", checks));
+        return;
+    }
+    http_reply_json(req, 503,
+                    json_pack("{s:s, s:s, s:o}", "error", "not_ready", "message",
+                              w->draining ? "This worker is draining."
+                                          : "No worker of the current generation is ready.",
+                              "checks", checks));
+}
+
+static void handle_metrics(struct http_request *req)
+{
+    size_t len;
+    char *text = metrics_render(worker_of(req)->health, &len);
+
+    if (text == NULL) {
+        http_reply_error(req, 500, "internal_error", "Could not render metrics.");
+        return;
+    }
+    http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}
+
+static const struct route routes[] = {
+    {HTTP_GET, "/healthz", ROUTE_HEALTHZ, ON_PUBLIC | ON_ADMIN, handle_healthz},
+    {HTTP_HEAD, "/healthz", ROUTE_HEALTHZ, ON_PUBLIC | ON_ADMIN, handle_healthz},
+    {HTTP_GET, "/readyz", ROUTE_READYZ, ON_ADMIN, handle_readyz},
+    {HTTP_GET, "/metrics", ROUTE_METRICS, ON_ADMIN, handle_metrics},
+};
+
+void router_dispatch(struct http_request *req)
+{
+    unsigned where = req->admin ? ON_ADMIN : ON_PUBLIC;
+    char allow[128] = "";
+    int path_known = 0;
+
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        const struct route *r = &routes[i];
+        if (!(r->where & where) || strcmp(r->path, req->path) != 0)
+            continue;
+        if (r->method == req->method) {
+            req->route = r->id;
+            r->handler(req);
+            return;
+        }
+        path_known = 1;
+        size_t n = strlen(allow);
+        snprintf(allow + n, sizeof(allow) - n, "%s%s", n ? ", " : "",
+                 http_method_str((enum http_method)r->method));
+    }
+    req->route = ROUTE_UNMATCHED;
+    if (path_known) {
+        http_add_header(req, "Allow", allow);
+        http_reply_error(req, 405, "method_not_allowed", "This method is not allowed here.");
+        return;
+    }
+    http_reply_error(req, 404, "not_found", "No such endpoint.");
+}

@@ -1,0 +1,12 @@
+/*
+ * router: maps (listener, method, path) to a handler and answers 404/405 itself. Handlers
+ * reply through http_reply*() — at once, or later from an offload completion.
+ */
+#ifndef AUTHD_ROUTER_H
+#define AUTHD_ROUTER_H
+
+#include "worker/http.h"
+
+void router_dispatch(struct http_request *req);
+
+#endif
