@@ -175,6 +175,22 @@ static int64_t now_ms(void)
     return health_now_mono_ms();
 }
 
+/*
+ * In a new worker: closes every descriptor the master holds (control socket and its clients,
+ * pid file, self-pipe, ...) except stdio and the two listeners. A control client whose socket
+ * leaked into a worker would wait forever for the end of the master's answer.
+ */
+static void close_inherited(int keep1, int keep2)
+{
+    unsigned lo = (unsigned)(keep1 < keep2 ? keep1 : keep2);
+    unsigned hi = (unsigned)(keep1 < keep2 ? keep2 : keep1);
+
+    close_range(3, lo - 1, 0);
+    if (hi > lo + 1)
+        close_range(lo + 1, hi - 1, 0);
+    close_range(hi + 1, ~0U, 0);
+}
+
 static void spawn(int position)
 {
     struct position *ps = &sup.pos[position];
@@ -194,10 +210,7 @@ static void spawn(int position)
     }
     if (pid == 0) {
         sigpipe_w = -1;
-        close(sup.sigpipe[0]);
-        close(sup.sigpipe[1]);
-        close(sup.ctlfd);
-        close(sup.pidfd);
+        close_inherited(sup.pub.fd, sup.admin.fd);
         exit(worker_main(sup.cfg, sup.ssl, sup.h, slot, sup.pub.fd, sup.admin.fd));
     }
     health_slot_set_pid(sup.h, slot, pid);
