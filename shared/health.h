@@ -47,7 +47,7 @@ struct health_slot {
 
     atomic_llong connections; /* open now */
     atomic_ullong connections_total;
-    atomic_ullong connections_rejected; /* over http.max_connections */
+    atomic_ullong accept_paused_total; /* stopped accepting at http.max_connections */
     atomic_llong inflight;
     atomic_ullong timeouts_total; /* header or idle timeouts that closed a connection */
     atomic_ullong tls_failures_total;

@@ -138,7 +138,8 @@ void log_json(enum log_level level, json_t *fields, int buffered)
     }
     json_object_update(o, fields);
     json_decref(fields);
-    size_t n = json_dumpb(o, line, sizeof(line) - 1, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    size_t n = json_dumpb(o, line, sizeof(line) - 1,
+                          JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(o);
     if (n == 0 || n >= sizeof(line) - 1)
         return; /* cannot be encoded whole: a truncated JSON line would be worse */

@@ -49,7 +49,7 @@ static void sum_slots(const struct health *h, struct totals *t)
         t->inflight += LOAD(s->inflight);
         t->offload_queued += LOAD(s->offload_queued);
         t->connections_total += LOAD(s->connections_total);
-        t->rejected += LOAD(s->connections_rejected);
+        t->rejected += LOAD(s->accept_paused_total);
         t->timeouts += LOAD(s->timeouts_total);
         t->tls_failures += LOAD(s->tls_failures_total);
         t->offload_rejected += LOAD(s->offload_rejected_total);
@@ -148,7 +148,7 @@ char *metrics_render(const struct health *h, size_t *len_r)
     render_gauge(f, "authd_http_connections", "gauge", "Open client connections.", t->connections);
     render_gauge(f, "authd_http_connections_total", "counter", "Accepted client connections.",
                  (long long)t->connections_total);
-    render_gauge(f, "authd_http_connections_rejected_total", "counter",
+    render_gauge(f, "authd_http_accept_paused_total_total", "counter",
                  "Connections refused because a worker was at http.max_connections.",
                  (long long)t->rejected);
     render_gauge(f, "authd_http_timeouts_total", "counter",

@@ -431,16 +431,23 @@ void http_add_header(struct http_request *req, const char *name, const char *val
     evbuffer_add_printf(c->resp_headers, "%s: %s\r\n", name, value);
 }
 
+/* A client-controlled string as JSON; bytes that are not UTF-8 must not drop the log line. */
+static json_t *client_string(const char *s)
+{
+    json_t *j = json_string(s ? s : "-");
+    return j ? j : json_string("(not UTF-8)");
+}
+
 static void access_log(struct http_conn *c, int status, size_t bytes, int64_t us)
 {
     const char *ua = http_header(&c->req, "user-agent");
 
     log_json(LOG_INFO,
-             json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:f, s:s, s:s}", "type", "access",
+             json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:I, s:f, s:o, s:s}", "type", "access",
                        "request_id", c->request_id[0] ? c->request_id : "-", "remote", c->remote,
                        "method", c->req.method_name ? c->req.method_name : "-", "path",
-                       c->req.path ? c->req.path : "-", "status", status, "bytes",
-                       (json_int_t)bytes, "duration_ms", us / 1000.0, "user_agent", ua ? ua : "",
+                       client_string(c->req.path), "status", status, "bytes", (json_int_t)bytes,
+                       "duration_ms", us / 1000.0, "user_agent", client_string(ua ? ua : ""),
                        "listener", c->l->admin ? "admin" : "public"),
              1);
 }

@@ -59,7 +59,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     http_conn_accept(wl, fd, sa, salen);
     if (w->nconns >= w->cfg->http.max_connections) {
         /* Leave further connections in the kernel queue for the other workers. */
-        atomic_fetch_add_explicit(&w->hs->connections_rejected, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->hs->accept_paused_total, 1, memory_order_relaxed);
         set_accepting(w, 0);
     }
 }
