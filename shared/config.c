@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum key_type { K_INT, K_DURATION, K_STRING, K_BOOL, K_LIST, K_ENUM };
@@ -36,6 +37,7 @@ struct key {
 };
 
 #define OFF(field) offsetof(struct config, field)
+#define LINE_ENV   (-1) /* cfg->lines[] value of a key set by the environment */
 
 static const struct key keys[] = {
     {"workers", K_INT, OFF(workers), "0", 0, CONFIG_MAX_WORKERS, NULL, 0,
@@ -274,8 +276,10 @@ static void set_text(struct config *cfg, const struct key *k, const char *text, 
         break;
     case K_LIST: {
         list_clear(cfg, k);
-        char *copy = strdup(text), *save = NULL;
-        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        if (text[0] == '\0')
+            break; /* an empty variable means an empty list */
+        char *copy = strdup(text), *rest = copy, *t;
+        while ((t = strsep(&rest, ",")) != NULL)
             list_append(cfg, k, t, where, e);
         free(copy);
         break;
@@ -378,7 +382,7 @@ static void set_setting(struct config *cfg, const struct key *k, config_setting_
     err_add(e, "%s: %s expects %s, got %s", where, k->path, want_name(k->type), type_name(t));
 }
 
-/* Reads a secret file: the whole content, one trailing newline removed, at most 4 KiB. */
+/* Reads a secret file: the whole content without trailing CR/LF characters, at most 4 KiB. */
 static char *read_secret(const char *path, const char **why_r)
 {
     FILE *f = fopen(path, "re");
@@ -498,6 +502,9 @@ static void check_unknown(config_setting_t *group, const char *prefix, const cha
             check_unknown(s, path, file, e);
         } else if (!group_here && known_leaf(path)) {
             continue;
+        } else if (!group_here && known_group(path)) {
+            err_add(e, "%s:%d: %s expects a group { ... }, got %s", setting_file(s, file),
+                    config_setting_source_line(s), path, type_name(config_setting_type(s)));
         } else if (group_here && known_leaf(path)) {
             err_add(e, "%s:%d: %s expects a value, got a group", setting_file(s, file),
                     config_setting_source_line(s), path);
@@ -532,7 +539,7 @@ static void apply_env(struct config *cfg, struct errors *e)
         snprintf(where, sizeof(where), "environment %s", name);
         if (v != NULL) {
             set_text(cfg, k, v, where, e);
-            cfg->lines[i] = 0;
+            cfg->lines[i] = LINE_ENV;
         }
         if (k->flags & KEY_SECRET) {
             env_name(k->path, "_FILE", name, sizeof(name));
@@ -543,7 +550,7 @@ static void apply_env(struct config *cfg, struct errors *e)
                         name, name);
             else if (f != NULL) {
                 set_secret_file(cfg, k, f, where, e);
-                cfg->lines[i] = 0;
+                cfg->lines[i] = LINE_ENV;
             }
         }
     }
@@ -559,14 +566,27 @@ static int key_index(const char *path)
     return -1;
 }
 
-static void where_of(const struct config *cfg, const char *key, char *out, size_t n)
+/* Names where `a` (or else `b`) was set: "file:line", "environment AUTHD_X" or the file. */
+static void where_of(const struct config *cfg, const char *a, const char *b, char *out, size_t n)
 {
-    int line = config_key_line(cfg, key);
+    const char *keys2[2] = {a, b};
+    char env[256];
 
-    if (cfg->path != NULL && line > 0)
-        snprintf(out, n, "%s:%d", cfg->path, line);
-    else
-        snprintf(out, n, "%s", cfg->path ? cfg->path : "defaults");
+    for (int j = 0; j < 2; j++) {
+        int i = keys2[j] ? key_index(keys2[j]) : -1;
+        if (i < 0)
+            continue;
+        if (cfg->lines[i] > 0 && cfg->path != NULL) {
+            snprintf(out, n, "%s:%d", cfg->path, cfg->lines[i]);
+            return;
+        }
+        if (cfg->lines[i] == LINE_ENV) {
+            env_name(keys2[j], "", env, sizeof(env));
+            snprintf(out, n, "environment %s", env);
+            return;
+        }
+    }
+    snprintf(out, n, "%s", cfg->path ? cfg->path : "defaults");
 }
 
 static void check_rules(const struct config *cfg, struct errors *e)
@@ -574,27 +594,28 @@ static void check_rules(const struct config *cfg, struct errors *e)
     char w[PATH_MAX + 32];
 
     if (!strcmp(cfg->store.driver, "mongo") && cfg->store.uri[0] == '\0') {
-        where_of(cfg, "store.driver", w, sizeof(w));
+        where_of(cfg, "store.driver", "store.uri", w, sizeof(w));
         err_add(e, "%s: store.driver = \"mongo\" needs store.uri", w);
     }
     if (!strcmp(cfg->store.driver, "sqlite") && cfg->store.path[0] == '\0') {
-        where_of(cfg, "store.path", w, sizeof(w));
+        where_of(cfg, "store.path", "store.driver", w, sizeof(w));
         err_add(e, "%s: store.driver = \"sqlite\" needs store.path", w);
     }
     if (!strcmp(cfg->ratelimit.backend, "redis") && cfg->ratelimit.redis_host[0] == '\0') {
-        where_of(cfg, "ratelimit.redis.host", w, sizeof(w));
+        where_of(cfg, "ratelimit.redis.host", "ratelimit.backend", w, sizeof(w));
         err_add(e, "%s: ratelimit.backend = \"redis\" needs ratelimit.redis.host", w);
     }
     if (cfg->tokens.access_ttl >= cfg->tokens.refresh_ttl) {
-        where_of(cfg, "tokens.access_ttl", w, sizeof(w));
+        where_of(cfg, "tokens.access_ttl", "tokens.refresh_ttl", w, sizeof(w));
         err_add(e, "%s: tokens.access_ttl must be shorter than tokens.refresh_ttl", w);
     }
     if (cfg->listen.port == cfg->admin.port) {
-        where_of(cfg, "admin.port", w, sizeof(w));
+        where_of(cfg, "admin.port", "listen.port", w, sizeof(w));
         err_add(e, "%s: admin.port must differ from listen.port", w);
     }
     if (cfg->supervisor.heartbeat_timeout < 2 * cfg->supervisor.heartbeat_interval) {
-        where_of(cfg, "supervisor.heartbeat_timeout", w, sizeof(w));
+        where_of(cfg, "supervisor.heartbeat_timeout", "supervisor.heartbeat_interval", w,
+                 sizeof(w));
         err_add(e, "%s: supervisor.heartbeat_timeout must be at least twice the interval", w);
     }
 }
@@ -604,7 +625,7 @@ static void check_rules(const struct config *cfg, struct errors *e)
 int config_key_line(const struct config *cfg, const char *key)
 {
     int i = key_index(key);
-    return i < 0 ? 0 : cfg->lines[i];
+    return i < 0 || cfg->lines[i] < 0 ? 0 : cfg->lines[i];
 }
 
 int config_worker_count(const struct config *cfg)
@@ -624,11 +645,21 @@ static int load_file(struct config *cfg, const char *path, struct errors *e)
 {
     config_t lc;
 
+    struct stat st;
+
+    if (stat(path, &st) < 0 || access(path, R_OK) < 0) {
+        err_add(e, "%s: cannot read: %s", path, strerror(errno));
+        return -1;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        err_add(e, "%s: cannot read: is a directory", path);
+        return -1;
+    }
     config_init(&lc);
     if (config_read_file(&lc, path) != CONFIG_TRUE) {
         const char *f = config_error_file(&lc);
         if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
-            err_add(e, "%s: cannot read: %s", path, strerror(errno ? errno : ENOENT));
+            err_add(e, "%s: cannot read", path);
         else
             err_add(e, "%s:%d: syntax error: %s", f ? f : path, config_error_line(&lc),
                     config_error_text(&lc));

@@ -18,8 +18,9 @@ typedef void offload_fn(void *arg);
 struct offload *offload_new(struct event_base *base, int threads, int queue_limit);
 
 /*
- * Queues a job. Returns 0, or -1 when the queue is full (nothing queued; `done` will not run).
- * `work` runs on a pool thread and must not touch the event loop; `done` runs on the loop.
+ * Queues a job; call from the loop's thread only. Returns 0, or -1 when the queue is full (nothing
+ * queued; `done` will not run). `work` runs on a pool thread and must not touch the event loop;
+ * `done` runs on the loop.
  */
 int offload_submit(struct offload *o, offload_fn *work, offload_fn *done, void *arg);
 
