@@ -3,7 +3,7 @@
  *
  * Protocol: the client sends one command line ("status", "status json", "reload", "stop",
  * "ping"); the master writes its answer and closes. An answer that starts with "error:" means
- * the command failed. The socket is 0600: only the master's user may steer it.
+ * the command failed. The socket is created with umask 077: only the master's user may steer it.
  */
 #ifndef AUTHD_CONTROL_H
 #define AUTHD_CONTROL_H

@@ -66,6 +66,7 @@ static struct {
     int exit_code;
     int ready_notified;
     int pidfd, ctlfd, sigpipe[2];
+    char *pid_path, *ctl_path; /* as opened at start: a reload does not move them */
     int64_t last_rss_ms, last_wd_ms;
     uint64_t watchdog_usec;
 } sup;
@@ -213,7 +214,6 @@ static void spawn(int position)
         close_inherited(sup.pub.fd, sup.admin.fd);
         exit(worker_main(sup.cfg, sup.ssl, sup.h, slot, sup.pub.fd, sup.admin.fd));
     }
-    health_slot_set_pid(sup.h, slot, pid);
     sup.procs[slot] = (struct proc){
         .pid = pid, .generation = sup.generation, .position = position, .started_ms = now_ms()};
     ps->slot = slot;
@@ -430,6 +430,10 @@ static int reload(char *msg, size_t msglen)
         listen_close(&sup.admin);
         sup.admin = na;
     }
+    if (strcmp(nc->pid_file, sup.pid_path) || strcmp(nc->control_socket, sup.ctl_path))
+        log_warn("pid_file and control_socket changes take effect at the next start; "
+                 "still using %s and %s",
+                 sup.pid_path, sup.ctl_path);
     config_free(sup.cfg);
     SSL_CTX_free(sup.ssl);
     sup.cfg = nc;
@@ -603,9 +607,11 @@ static int start(char *err, size_t errlen)
     sup.pidfd = pidfile_acquire(sup.cfg->pid_file, err, errlen);
     if (sup.pidfd < 0)
         return -1;
+    sup.pid_path = strdup(sup.cfg->pid_file);
     sup.ctlfd = control_listen(sup.cfg->control_socket, err, errlen);
     if (sup.ctlfd < 0)
         return -1;
+    sup.ctl_path = strdup(sup.cfg->control_socket);
     sup.ssl =
         tls_context_new(sup.cfg->listen.tls_certificate, sup.cfg->listen.tls_key, err, errlen);
     if (sup.ssl == NULL)
@@ -652,9 +658,12 @@ int supervisor_run(const char *config_path, struct config *cfg)
 out:
     if (sup.ctlfd >= 0) {
         close(sup.ctlfd);
-        unlink(sup.cfg->control_socket);
+        unlink(sup.ctl_path);
     }
-    pidfile_release(sup.cfg->pid_file, sup.pidfd);
+    if (sup.pidfd >= 0)
+        pidfile_release(sup.pid_path, sup.pidfd);
+    free(sup.pid_path);
+    free(sup.ctl_path);
     listen_close(&sup.pub);
     listen_close(&sup.admin);
     for (int i = 0; i < 2; i++)

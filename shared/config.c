@@ -200,7 +200,8 @@ static void set_number(struct config *cfg, const struct key *k, double v, const 
                        struct errors *e)
 {
     if (!(v >= k->min && v <= k->max)) {
-        err_add(e, "%s: %s = %g is out of range [%g, %g]", where, k->path, v, k->min, k->max);
+        err_add(e, "%s: %s = %.15g is out of range [%.15g, %.15g]", where, k->path, v, k->min,
+                k->max);
         return;
     }
     if (k->type == K_INT)

@@ -80,6 +80,7 @@ int health_slot_claim(struct health *h, unsigned generation, int64_t now_mono_ms
     return pick;
 }
 
+/* Called by the worker itself, so a slot's identity has one writer while the worker lives. */
 void health_slot_set_pid(struct health *h, int slot, pid_t pid)
 {
     struct health_slot *s = &h->slot[slot];

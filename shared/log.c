@@ -21,6 +21,7 @@ static const char *const level_names[] = {"debug", "info", "warning", "error"};
 static enum log_level min_level = LOG_INFO;
 static const char *role = "authd";
 static char *log_path;
+static int saved_stderr = -1; /* the original stderr, to return to when log.file is emptied */
 static char buf[BUF_BYTES];
 static size_t buf_len;
 
@@ -77,6 +78,10 @@ void log_flush(void)
 int log_open(const char *file)
 {
     if (file == NULL || file[0] == '\0') {
+        if (log_path != NULL && saved_stderr >= 0) {
+            log_flush();
+            dup2(saved_stderr, STDERR_FILENO);
+        }
         free(log_path);
         log_path = NULL;
         return 0;
@@ -84,6 +89,8 @@ int log_open(const char *file)
     int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0)
         return -1;
+    if (saved_stderr < 0)
+        saved_stderr = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
     log_flush();
     if (dup2(fd, STDERR_FILENO) < 0) {
         int saved = errno;

@@ -148,8 +148,8 @@ char *metrics_render(const struct health *h, size_t *len_r)
     render_gauge(f, "authd_http_connections", "gauge", "Open client connections.", t->connections);
     render_gauge(f, "authd_http_connections_total", "counter", "Accepted client connections.",
                  (long long)t->connections_total);
-    render_gauge(f, "authd_http_accept_paused_total_total", "counter",
-                 "Connections refused because a worker was at http.max_connections.",
+    render_gauge(f, "authd_http_accept_paused_total", "counter",
+                 "Times a worker stopped accepting because it reached http.max_connections.",
                  (long long)t->rejected);
     render_gauge(f, "authd_http_timeouts_total", "counter",
                  "Connections closed by the header/body or idle timeout.", (long long)t->timeouts);

@@ -22,6 +22,7 @@
 #define MAX_HEADERS      100
 #define LINGER_SECONDS   2.0
 #define DRAIN_IDLE_GRACE 1.0
+#define INPUT_HIGH_WATER (64 * 1024) /* stop reading a socket whose input we are not parsing */
 
 enum conn_state { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_WRITING, C_LINGER };
 enum last_cb { CB_NONE, CB_URL, CB_FIELD, CB_VALUE };
@@ -39,6 +40,7 @@ struct http_conn {
     http_parser parser;
     enum conn_state state;
     int handshake_done;
+    int started; /* the current request's first byte arrived: its deadline runs */
     int close_after;
     int early_status; /* set by a parser callback that refused the request */
     size_t head_bytes;
@@ -308,6 +310,8 @@ static void request_reset(struct http_conn *c)
     if (c->resp_headers)
         evbuffer_drain(c->resp_headers, evbuffer_get_length(c->resp_headers));
     memset(&c->req, 0, sizeof(c->req));
+    c->started = 0;
+    c->request_id[0] = '\0';
     c->req.conn = c;
     c->req.admin = c->l->admin;
     c->req.remote_addr = c->remote;
@@ -370,7 +374,9 @@ static void parse_input(struct http_conn *c)
 
     while (c->state <= C_BODY && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
-        if (c->state == C_IDLE) {
+        if (!c->started) {
+            /* Armed once per request: blank lines before it must not push the deadline. */
+            c->started = 1;
             c->start_us = now_us(c);
             arm_timer(c, c->w->cfg->http.header_timeout);
         }
@@ -562,6 +568,9 @@ static void reply_early(struct http_conn *c, int status)
     evtimer_del(c->timer);
     if (c->start_us == 0)
         c->start_us = now_us(c);
+    if (c->request_id[0] == '\0') /* the headers may be partial: do not read them */
+        snprintf(c->request_id, sizeof(c->request_id), "%s-%08llx", c->w->id_prefix,
+                 (unsigned long long)++c->w->request_seq);
     c->req.route = ROUTE_UNMATCHED;
     finish_request(c, status, (size_t)n, 0);
     c->close_after = 1;
@@ -650,7 +659,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         reply_early(c, 408);
         return;
     }
-    if (c->state == C_IDLE && !c->handshake_done && c->l->ssl)
+    if (c->state == C_IDLE) /* handshake not finished, or keep-alive idle */
         atomic_fetch_add_explicit(&c->w->hs->timeouts_total, 1, memory_order_relaxed);
     conn_free(c);
 }
@@ -702,6 +711,7 @@ void http_conn_accept(struct worker_listener *l, int fd, const struct sockaddr *
     request_reset(c);
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_set_timeouts(c->bev, NULL, tv_of(w->cfg->http.idle_timeout, &wtv));
+    bufferevent_setwatermark(c->bev, EV_READ, 0, INPUT_HIGH_WATER);
     bufferevent_enable(c->bev, EV_READ);
     arm_timer(c, w->cfg->http.header_timeout); /* TLS handshake + first request */
     TAILQ_INSERT_TAIL(&w->conns, c, link);

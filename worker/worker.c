@@ -216,6 +216,7 @@ int worker_main(const struct config *cfg, SSL_CTX *ssl, struct health *h, int sl
     if (getppid() != atomic_load(&h->master_pid))
         return 0; /* it died before prctl took effect */
     TAILQ_INIT(&w.conns);
+    health_slot_set_pid(h, slot, getpid());
     health_slot_beat(h, slot, health_now_mono_ms(), -1);
     if (worker_setup(&w, ssl, public_fd, admin_fd) < 0) {
         status = WORKER_EXIT_FATAL;
