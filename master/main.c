@@ -198,11 +198,21 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
-    struct config *cfg = load_or_report(path);
-    if (cfg == NULL)
+    if (!strcmp(verb, "serve")) {
+        struct config *cfg = load_or_report(path);
+        return cfg ? supervisor_run(path, cfg) : 1;
+    }
+    /* The client verbs only need to find the master: on reload, the master judges the file. */
+    char *errors = NULL;
+    struct config *cfg = config_load_lenient(path, &errors);
+    if (cfg == NULL) {
+        fprintf(stderr, "%s\n", errors ? errors : "cannot load configuration");
+        free(errors);
         return 1;
-    if (!strcmp(verb, "serve"))
-        return supervisor_run(path, cfg);
+    }
+    if (errors != NULL && strcmp(verb, "reload") != 0)
+        fprintf(stderr, "authd: warning: %s\n", errors);
+    free(errors);
     int rc = cmd_client(cfg, verb, json);
     config_free(cfg);
     return rc;

@@ -674,7 +674,7 @@ static int load_file(struct config *cfg, const char *path, struct errors *e)
     return 0;
 }
 
-struct config *config_load(const char *path, char **errors_r)
+static struct config *load(const char *path, int lenient, char **errors_r)
 {
     struct errors e = {0};
     struct config *cfg = calloc(1, sizeof(*cfg));
@@ -689,13 +689,21 @@ struct config *config_load(const char *path, char **errors_r)
         set_text(cfg, &keys[i], keys[i].def, "default", &e);
     if (path != NULL) {
         cfg->path = strdup(path);
-        if (load_file(cfg, path, &e) < 0)
+        if (load_file(cfg, path, &e) < 0) {
+            lenient = 0; /* nothing usable came from the file */
             goto out;
+        }
     }
     apply_env(cfg, &e);
     if (e.count == 0)
         check_rules(cfg, &e);
 out:
+    if (e.count > 0 && lenient) {
+        if (e.buf[e.len - 1] == '\n')
+            e.buf[e.len - 1] = '\0';
+        *errors_r = e.buf;
+        return cfg;
+    }
     if (e.count > 0) {
         config_free(cfg);
         if (e.len > 0 && e.buf[e.len - 1] == '\n')
@@ -705,6 +713,16 @@ out:
     }
     free(e.buf);
     return cfg;
+}
+
+struct config *config_load(const char *path, char **errors_r)
+{
+    return load(path, 0, errors_r);
+}
+
+struct config *config_load_lenient(const char *path, char **errors_r)
+{
+    return load(path, 1, errors_r);
 }
 
 void config_free(struct config *cfg)
@@ -732,9 +750,14 @@ void config_print_reference(FILE *out)
     for (size_t i = 0; i < NKEYS; i++) {
         const struct key *k = &keys[i];
         env_name(k->path, "", env, sizeof(env));
-        fprintf(out, "| `%s` | %s%s%s | `%s` | `%s`%s | %s |\n", k->path, tnames[k->type],
-                k->type == K_ENUM ? ": " : "", k->type == K_ENUM ? k->choices : "",
-                k->def[0] ? k->def : "\"\"", env, (k->flags & KEY_SECRET) ? " (or `_FILE`)" : "",
-                k->doc);
+        fprintf(out, "| `%s` | %s", k->path, tnames[k->type]);
+        if (k->type == K_ENUM) {
+            fputs(": ", out);
+            for (const char *c = k->choices; *c; c++)
+                fputs(*c == '|' ? " \\| " : (char[]){*c, '\0'}, out);
+        }
+        const char *def = k->def[0] ? k->def : (k->type == K_LIST ? "[]" : "\"\"");
+        fprintf(out, " | `%s` | `%s`%s | %s |\n", def, env,
+                (k->flags & KEY_SECRET) ? " (or `_FILE`)" : "", k->doc);
     }
 }

@@ -102,6 +102,13 @@ struct config {
  */
 struct config *config_load(const char *path, char **errors_r);
 
+/*
+ * Like config_load, but a file that parses keeps every valid value even when others are wrong
+ * (those keep their defaults); *errors_r still lists the problems. NULL only when the file
+ * cannot be read or parsed. For CLI verbs that only need to find the running master.
+ */
+struct config *config_load_lenient(const char *path, char **errors_r);
+
 void config_free(struct config *cfg);
 
 /* Resolves workers = 0 to the number of online CPUs, capped at CONFIG_MAX_WORKERS. */
