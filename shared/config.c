@@ -81,9 +81,23 @@ static const struct key keys[] = {
     {"supervisor.backoff_max", K_DURATION, OFF(supervisor.backoff_max), "10", 0, 3600, NULL, 0,
      "Upper bound of the exponential respawn back-off after fast crashes."},
     {"offload.threads", K_INT, OFF(offload.threads), "2", 1, 64, NULL, 0,
-     "Threads per worker for blocking work (hashing, store calls)."},
+     "Password-hashing threads per worker (argon2id for login, register, password change)."},
+    {"offload.store_threads", K_INT, OFF(offload.store_threads), "2", 1, 64, NULL, 0,
+     "Store threads per worker (refresh, introspection, sessions), apart from hashing."},
     {"offload.queue", K_INT, OFF(offload.queue), "64", 1, 100000, NULL, 0,
-     "Jobs that may wait per worker; past it requests get 503 + Retry-After."},
+     "Jobs that may wait per pool and worker; past it requests get 503 + Retry-After."},
+    {"password.min_length", K_INT, OFF(password.min_length), "12", 8, 64, NULL, 0,
+     "Shortest password accepted, in Unicode code points after NFC."},
+    {"password.max_length", K_INT, OFF(password.max_length), "128", 64, 1024, NULL, 0,
+     "Longest password accepted, in code points (never truncated)."},
+    {"password.blocklist", K_STRING, OFF(password.blocklist), "/usr/share/john/password.lst", 0, 0,
+     NULL, 0, "Common passwords refused, one per line; empty = no list."},
+    {"password.memory_kib", K_INT, OFF(password.memory_kib), "19456", 64, 4194304, NULL, 0,
+     "argon2id memory cost in KiB (OWASP: 19456)."},
+    {"password.iterations", K_INT, OFF(password.iterations), "2", 1, 100, NULL, 0,
+     "argon2id time cost (OWASP: 2)."},
+    {"password.parallelism", K_INT, OFF(password.parallelism), "1", 1, 64, NULL, 0,
+     "argon2id lanes (OWASP: 1)."},
     {"store.driver", K_ENUM, OFF(store.driver), "sqlite", 0, 0, "sqlite|mongo", 0,
      "User store driver."},
     {"store.path", K_STRING, OFF(store.path), "/var/lib/authd/authd.db", 0, 0, NULL, 0,
@@ -105,11 +119,17 @@ static const struct key keys[] = {
     {"tokens.audience", K_STRING, OFF(tokens.audience), "authd", 0, 0, NULL, KEY_NONEMPTY,
      "JWT aud claim."},
     {"tokens.signing_keys", K_LIST, OFF(tokens.signing_keys), "", 0, CONFIG_MAX_SIGNING_KEY, NULL,
-     0, "PEM P-256 private keys; the first signs, the others still verify (rotation)."},
+     0,
+     "PEM P-256 private key files; the first signs, the others still verify (rotation). "
+     "Empty: an ephemeral key (tokens die with the master)."},
     {"tokens.access_ttl", K_INT, OFF(tokens.access_ttl), "900", 30, 86400, NULL, 0,
      "Access token lifetime in seconds."},
     {"tokens.refresh_ttl", K_INT, OFF(tokens.refresh_ttl), "2592000", 60, 31536000, NULL, 0,
-     "Refresh token absolute lifetime in seconds."},
+     "Session (refresh-token family) absolute lifetime in seconds."},
+    {"tokens.refresh_idle_ttl", K_INT, OFF(tokens.refresh_idle_ttl), "1209600", 60, 31536000, NULL,
+     0, "A session unused for this many seconds expires."},
+    {"tokens.leeway", K_INT, OFF(tokens.leeway), "30", 0, 300, NULL, 0,
+     "Clock skew tolerated when checking exp/nbf/iat, in seconds."},
     {"backup.directory", K_STRING, OFF(backup.directory), "/var/lib/authd/backups", 0, 0, NULL, 0,
      "Where `authd backup` writes."},
     {"backup.keep", K_INT, OFF(backup.keep), "7", 1, 10000, NULL, 0, "Backups kept."},
@@ -613,6 +633,10 @@ static void check_rules(const struct config *cfg, struct errors *e)
     if (cfg->listen.port == cfg->admin.port) {
         where_of(cfg, "admin.port", "listen.port", w, sizeof(w));
         err_add(e, "%s: admin.port must differ from listen.port", w);
+    }
+    if (cfg->password.min_length > cfg->password.max_length) {
+        where_of(cfg, "password.min_length", "password.max_length", w, sizeof(w));
+        err_add(e, "%s: password.min_length must not exceed password.max_length", w);
     }
     if (cfg->supervisor.heartbeat_timeout < 2 * cfg->supervisor.heartbeat_interval) {
         where_of(cfg, "supervisor.heartbeat_timeout", "supervisor.heartbeat_interval", w,

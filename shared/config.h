@@ -54,8 +54,18 @@ struct config {
 
     struct {
         int threads;
+        int store_threads;
         int queue;
     } offload;
+
+    struct {
+        int min_length;
+        int max_length;
+        char *blocklist;
+        int memory_kib;
+        int iterations;
+        int parallelism;
+    } password;
 
     struct {
         char *driver;
@@ -78,6 +88,8 @@ struct config {
         int signing_keys_count;
         int access_ttl;
         int refresh_ttl;
+        int refresh_idle_ttl;
+        int leeway;
     } tokens;
 
     struct {

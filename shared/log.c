@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,8 @@ static char *log_path;
 static int saved_stderr = -1; /* the original stderr, to return to when log.file is emptied */
 static char buf[BUF_BYTES];
 static size_t buf_len;
+/* Offload threads log too (audit events): the buffer and the writes are serialized. */
+static pthread_mutex_t buf_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void log_set_role(const char *r)
 {
@@ -56,7 +59,7 @@ static void write_all(const char *p, size_t n)
     }
 }
 
-void log_flush(void)
+static void flush_locked(void)
 {
     /* Write in chunks of whole lines no larger than PIPE_BUF. */
     size_t off = 0;
@@ -73,6 +76,13 @@ void log_flush(void)
         off = end;
     }
     buf_len = 0;
+}
+
+void log_flush(void)
+{
+    pthread_mutex_lock(&buf_lock);
+    flush_locked();
+    pthread_mutex_unlock(&buf_lock);
 }
 
 int log_open(const char *file)
@@ -151,15 +161,17 @@ void log_json(enum log_level level, json_t *fields, int buffered)
     if (n == 0 || n >= sizeof(line) - 1)
         return; /* cannot be encoded whole: a truncated JSON line would be worse */
     line[n++] = '\n';
+    pthread_mutex_lock(&buf_lock);
     if (!buffered) {
-        log_flush();
+        flush_locked();
         write_all(line, n);
-        return;
+    } else {
+        if (buf_len + n > sizeof(buf))
+            flush_locked();
+        memcpy(buf + buf_len, line, n);
+        buf_len += n;
     }
-    if (buf_len + n > sizeof(buf))
-        log_flush();
-    memcpy(buf + buf_len, line, n);
-    buf_len += n;
+    pthread_mutex_unlock(&buf_lock);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)

@@ -11,6 +11,17 @@ enum route_id {
     ROUTE_HEALTHZ,
     ROUTE_READYZ,
     ROUTE_METRICS,
+    ROUTE_REGISTER,
+    ROUTE_LOGIN,
+    ROUTE_REFRESH,
+    ROUTE_LOGOUT,
+    ROUTE_INTROSPECT,
+    ROUTE_ME,
+    ROUTE_ME_PASSWORD,
+    ROUTE_ME_SESSIONS,
+    ROUTE_ME_SESSION_DELETE,
+    ROUTE_JWKS,
+    ROUTE_DISCOVERY,
     ROUTE_COUNT_ = 32 /* room for the API routes without changing the segment layout */
 };
 #define ROUTE_COUNT ROUTE_COUNT_

@@ -481,11 +481,15 @@ static void write_response(struct http_conn *c, int status, const char *ctype, c
     int keep = !c->close_after && !c->w->draining && http_should_keep_alive(&c->parser);
 
     c->close_after = !keep;
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: "
-                        "%zu\r\nX-Request-Id: %s\r\n",
-                        status, http_status_text(status), date_header(c), ctype, len,
-                        c->request_id[0] ? c->request_id : "-");
+    if (status == 204) /* RFC 9110: no content, no Content-Length */
+        evbuffer_add_printf(out, "HTTP/1.1 204 No Content\r\nDate: %s\r\nX-Request-Id: %s\r\n",
+                            date_header(c), c->request_id[0] ? c->request_id : "-");
+    else
+        evbuffer_add_printf(out,
+                            "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: "
+                            "%zu\r\nX-Request-Id: %s\r\n",
+                            status, http_status_text(status), date_header(c), ctype, len,
+                            c->request_id[0] ? c->request_id : "-");
     if (!c->l->admin)
         evbuffer_add(out, secure, sizeof(secure) - 1);
     if (c->resp_headers)
@@ -496,7 +500,7 @@ static void write_response(struct http_conn *c, int status, const char *ctype, c
         evbuffer_add(out, "Connection: keep-alive\r\n\r\n", 26);
     else
         evbuffer_add(out, "\r\n", 2);
-    if (c->req.method != HTTP_HEAD)
+    if (c->req.method != HTTP_HEAD && status != 204)
         evbuffer_add(out, body, len);
     c->state = C_WRITING;
     bufferevent_enable(c->bev, EV_WRITE);

@@ -757,7 +757,7 @@ static void reference_lists_keys(void **state)
     fclose(f);
     assert_contains(buf, "| key | type | default | environment | meaning |\n");
     assert_contains(buf, "| `listen.port` | integer | `8443` | `AUTHD_LISTEN_PORT` |");
-    assert_contains(buf, "| `store.driver` | enum: sqlite|mongo | `sqlite` |");
+    assert_contains(buf, "| `store.driver` | enum: sqlite \\| mongo | `sqlite` |");
     assert_contains(buf, "`AUTHD_RATELIMIT_REDIS_PASSWORD` (or `_FILE`)");
     assert_contains(buf, "| `log.access` | boolean | `true` |");
     free(buf);
