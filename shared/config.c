@@ -666,10 +666,14 @@ int config_worker_count(const struct config *cfg)
     return (int)n;
 }
 
-static int load_file(struct config *cfg, const char *path, struct errors *e)
+/*
+ * Reads `path` into cfg. Returns 0, or -1 when nothing usable came from it. After a syntax
+ * error libconfig keeps what it parsed before the error: in lenient mode those keys are used
+ * (so the CLI still finds the master's socket), otherwise the file is refused whole.
+ */
+static int load_file(struct config *cfg, const char *path, int lenient, struct errors *e)
 {
     config_t lc;
-
     struct stat st;
 
     if (stat(path, &st) < 0 || access(path, R_OK) < 0) {
@@ -688,8 +692,10 @@ static int load_file(struct config *cfg, const char *path, struct errors *e)
         else
             err_add(e, "%s:%d: syntax error: %s", f ? f : path, config_error_line(&lc),
                     config_error_text(&lc));
-        config_destroy(&lc);
-        return -1;
+        if (!lenient || config_error_type(&lc) == CONFIG_ERR_FILE_IO) {
+            config_destroy(&lc);
+            return -1;
+        }
     }
     check_unknown(config_root_setting(&lc), "", path, e);
     for (size_t i = 0; i < NKEYS; i++)
@@ -713,7 +719,7 @@ static struct config *load(const char *path, int lenient, char **errors_r)
         set_text(cfg, &keys[i], keys[i].def, "default", &e);
     if (path != NULL) {
         cfg->path = strdup(path);
-        if (load_file(cfg, path, &e) < 0) {
+        if (load_file(cfg, path, lenient, &e) < 0) {
             lenient = 0; /* nothing usable came from the file */
             goto out;
         }

@@ -115,9 +115,10 @@ struct config {
 struct config *config_load(const char *path, char **errors_r);
 
 /*
- * Like config_load, but a file that parses keeps every valid value even when others are wrong
- * (those keep their defaults); *errors_r still lists the problems. NULL only when the file
- * cannot be read or parsed. For CLI verbs that only need to find the running master.
+ * Like config_load, but keeps every valid value even when others are wrong (those keep their
+ * defaults), and after a syntax error keeps the keys read before it; *errors_r still lists the
+ * problems. NULL only when the file cannot be read. For CLI verbs that only need to find the
+ * running master (which judges the file itself on reload).
  */
 struct config *config_load_lenient(const char *path, char **errors_r);
 
