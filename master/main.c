@@ -15,6 +15,8 @@
 #include "master/pidfile.h"
 #include "master/supervisor.h"
 #include "shared/config.h"
+#include "shared/jwt.h"
+#include "shared/password.h"
 #include "shared/log.h"
 #include "shared/tls.h"
 
@@ -31,6 +33,7 @@ static void usage(FILE *out)
             "  status [--json]       workers, generations, heartbeats, counters\n"
             "  reload                re-read the configuration, start a new worker generation\n"
             "  stop                  drain and stop the running master\n"
+            "  keys generate PATH    write a new P-256 signing key (PEM, mode 0600)\n"
             "  version               print the version\n"
             "\n"
             "--config FILE defaults to $AUTHD_CONFIG, else %s when it exists, else built-in\n"
@@ -63,6 +66,49 @@ static struct config *load_or_report(const char *path)
     return cfg;
 }
 
+/* Signing keys and the password blocklist load (the store is checked when the master starts). */
+static int check_auth(const struct config *cfg, const char *path)
+{
+    char err[512];
+    const char *key = "tokens.signing_keys";
+
+    if (cfg->tokens.signing_keys_count > 0) {
+        struct jwt_keyring *kr = jwt_keyring_load(cfg->tokens.signing_keys,
+                                                  cfg->tokens.signing_keys_count, err, sizeof(err));
+        if (kr == NULL)
+            goto fail;
+        jwt_keyring_free(kr);
+    }
+    key = "password.blocklist";
+    struct password_policy *pol =
+        password_policy_new(cfg->password.min_length, cfg->password.max_length,
+                            cfg->password.blocklist, err, sizeof(err));
+    if (pol == NULL)
+        goto fail;
+    password_policy_free(pol);
+    return 0;
+fail : {
+    int line = config_key_line(cfg, key);
+    if (path && line > 0)
+        fprintf(stderr, "%s:%d: %s: %s\n", path, line, key, err);
+    else
+        fprintf(stderr, "%s: %s: %s\n", path ? path : "defaults", key, err);
+}
+    return -1;
+}
+
+static int cmd_keys_generate(const char *path)
+{
+    char err[512];
+
+    if (jwt_key_generate(path, err, sizeof(err)) < 0) {
+        fprintf(stderr, "authd: %s\n", err);
+        return 1;
+    }
+    printf("%s: new P-256 signing key; list it first in tokens.signing_keys and reload\n", path);
+    return 0;
+}
+
 static int cmd_config_check(const char *path)
 {
     char err[512];
@@ -82,6 +128,10 @@ static int cmd_config_check(const char *path)
         return 1;
     }
     SSL_CTX_free(ctx);
+    if (check_auth(cfg, path) < 0) {
+        config_free(cfg);
+        return 1;
+    }
     printf("%s: configuration ok (%d workers, https://%s:%d, admin http://%s:%d)\n",
            path ? path : "built-in defaults", config_worker_count(cfg), cfg->listen.address,
            cfg->listen.port, cfg->admin.address, cfg->admin.port);
@@ -185,6 +235,12 @@ int main(int argc, char **argv)
         return 0;
     }
     log_set_role("cli");
+    if (!strcmp(verb, "keys")) {
+        if (sub && !strcmp(sub, "generate") && optind + 2 == argc)
+            return cmd_keys_generate(argv[optind + 1]);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
     const char *path = config_path(given, &explicit_path);
     if (!strcmp(verb, "config") && sub && !strcmp(sub, "reference") && optind + 1 == argc) {
         config_print_reference(stdout);

@@ -19,6 +19,7 @@
 #include "master/control.h"
 #include "master/pidfile.h"
 #include "master/respawn.h"
+#include "shared/auth.h"
 #include "shared/health.h"
 #include "shared/log.h"
 #include "shared/metrics.h"
@@ -53,6 +54,7 @@ static struct {
     char *config_path;
     struct config *cfg;
     SSL_CTX *ssl;
+    struct auth *auth;
     struct health *h;
     struct listen_fd pub, admin;
     struct proc procs[HEALTH_SLOTS]; /* indexed by health slot */
@@ -212,7 +214,7 @@ static void spawn(int position)
     if (pid == 0) {
         sigpipe_w = -1;
         close_inherited(sup.pub.fd, sup.admin.fd);
-        exit(worker_main(sup.cfg, sup.ssl, sup.h, slot, sup.pub.fd, sup.admin.fd));
+        exit(worker_main(sup.cfg, sup.ssl, sup.auth, sup.h, slot, sup.pub.fd, sup.admin.fd));
     }
     sup.procs[slot] = (struct proc){
         .pid = pid, .generation = sup.generation, .position = position, .started_ms = now_ms()};
@@ -389,6 +391,7 @@ static int reload(char *msg, size_t msglen)
     char *errors = NULL, tlserr[512];
     struct listen_fd np, na;
     SSL_CTX *nssl = NULL;
+    struct auth *nauth = NULL;
 
     if (sup.stopping) {
         snprintf(msg, msglen, "error: the master is stopping\n");
@@ -406,10 +409,16 @@ static int reload(char *msg, size_t msglen)
         if (nssl == NULL)
             errors = strdup(tlserr);
     }
+    if (nssl != NULL && (nauth = auth_new(nc, tlserr, sizeof(tlserr))) == NULL) {
+        errors = strdup(tlserr);
+        SSL_CTX_free(nssl);
+        nssl = NULL;
+    }
     if (nssl != NULL && reload_listeners(nc, &np, &na, tlserr, sizeof(tlserr)) < 0) {
         errors = strdup(tlserr);
         SSL_CTX_free(nssl);
         nssl = NULL;
+        auth_free(nauth);
     }
     if (nssl == NULL) {
         config_free(nc);
@@ -436,8 +445,10 @@ static int reload(char *msg, size_t msglen)
                  sup.pid_path, sup.ctl_path);
     config_free(sup.cfg);
     SSL_CTX_free(sup.ssl);
+    auth_free(sup.auth);
     sup.cfg = nc;
     sup.ssl = nssl;
+    sup.auth = nauth;
     apply_log_config(nc);
     for (int i = 0; i < HEALTH_SLOTS; i++)
         sup.procs[i].position = -1; /* the running generation is now the old one */
@@ -616,6 +627,8 @@ static int start(char *err, size_t errlen)
         tls_context_new(sup.cfg->listen.tls_certificate, sup.cfg->listen.tls_key, err, errlen);
     if (sup.ssl == NULL)
         return -1;
+    if ((sup.auth = auth_new(sup.cfg, err, errlen)) == NULL)
+        return -1;
     if (listen_open(&sup.pub, sup.cfg->listen.address, sup.cfg->listen.port,
                     sup.cfg->listen.backlog, err, errlen) < 0 ||
         listen_open(&sup.admin, sup.cfg->admin.address, sup.cfg->admin.port,
@@ -671,6 +684,7 @@ out:
             close(sup.sigpipe[i]);
     health_destroy(sup.h);
     SSL_CTX_free(sup.ssl);
+    auth_free(sup.auth);
     config_free(sup.cfg);
     free(sup.config_path);
     log_flush();

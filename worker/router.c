@@ -8,10 +8,12 @@
 #include <string.h>
 
 #include "shared/metrics.h"
+#include "worker/api.h"
 #include "worker/worker.h"
 
 #define ON_PUBLIC 0x1
 #define ON_ADMIN  0x2
+#define PREFIX    0x4 /* path is a prefix followed by one more segment */
 
 typedef void handler_fn(struct http_request *req);
 
@@ -93,7 +95,29 @@ static const struct route routes[] = {
     {HTTP_HEAD, "/healthz", ROUTE_HEALTHZ, ON_PUBLIC | ON_ADMIN, handle_healthz},
     {HTTP_GET, "/readyz", ROUTE_READYZ, ON_ADMIN, handle_readyz},
     {HTTP_GET, "/metrics", ROUTE_METRICS, ON_ADMIN, handle_metrics},
+    {HTTP_POST, "/v1/auth/register", ROUTE_REGISTER, ON_PUBLIC, api_register},
+    {HTTP_POST, "/v1/auth/login", ROUTE_LOGIN, ON_PUBLIC, api_login},
+    {HTTP_POST, "/v1/auth/refresh", ROUTE_REFRESH, ON_PUBLIC, api_refresh},
+    {HTTP_POST, "/v1/auth/logout", ROUTE_LOGOUT, ON_PUBLIC, api_logout},
+    {HTTP_POST, "/v1/auth/introspect", ROUTE_INTROSPECT, ON_PUBLIC, api_introspect},
+    {HTTP_GET, "/v1/me", ROUTE_ME, ON_PUBLIC, api_me},
+    {HTTP_POST, "/v1/me/password", ROUTE_ME_PASSWORD, ON_PUBLIC, api_me_password},
+    {HTTP_GET, "/v1/me/sessions", ROUTE_ME_SESSIONS, ON_PUBLIC, api_me_sessions},
+    {HTTP_DELETE, "/v1/me/sessions/", ROUTE_ME_SESSION_DELETE, ON_PUBLIC | PREFIX,
+     api_me_session_delete},
+    {HTTP_GET, "/.well-known/jwks.json", ROUTE_JWKS, ON_PUBLIC, api_jwks},
+    {HTTP_GET, "/.well-known/openid-configuration", ROUTE_DISCOVERY, ON_PUBLIC, api_discovery},
 };
+
+static int path_matches(const struct route *r, const char *path)
+{
+    size_t n = strlen(r->path);
+
+    if (!(r->where & PREFIX))
+        return strcmp(r->path, path) == 0;
+    /* "/v1/me/sessions/" + one non-empty segment */
+    return strncmp(r->path, path, n) == 0 && path[n] != '\0' && strchr(path + n, '/') == NULL;
+}
 
 void router_dispatch(struct http_request *req)
 {
@@ -103,7 +127,7 @@ void router_dispatch(struct http_request *req)
 
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         const struct route *r = &routes[i];
-        if (!(r->where & where) || strcmp(r->path, req->path) != 0)
+        if (!(r->where & where) || !path_matches(r, req->path))
             continue;
         if (r->method == req->method) {
             req->route = r->id;

@@ -35,7 +35,8 @@ static void set_accepting(struct worker *w, int on)
 
 static void maybe_finish_drain(struct worker *w)
 {
-    if (w->draining && w->nconns == 0 && offload_pending(w->offload) == 0)
+    if (w->draining && w->nconns == 0 && offload_pending(w->offload) == 0 &&
+        offload_pending(w->store_pool) == 0)
         event_base_loopexit(w->base, NULL);
 }
 
@@ -75,7 +76,8 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
 
     health_slot_beat(w->health, w->slot, health_now_mono_ms(), health_self_rss());
-    atomic_store_explicit(&w->hs->offload_queued, offload_pending(w->offload),
+    atomic_store_explicit(&w->hs->offload_queued,
+                          offload_pending(w->offload) + offload_pending(w->store_pool),
                           memory_order_relaxed);
     log_flush();
     maybe_finish_drain(w);
@@ -165,6 +167,11 @@ static int worker_setup(struct worker *w, SSL_CTX *ssl, int public_fd, int admin
         log_error("offload_new(%d threads): %s", w->cfg->offload.threads, strerror(errno));
         return -1;
     }
+    w->store_pool = offload_new(w->base, w->cfg->offload.store_threads, w->cfg->offload.queue);
+    if (w->store_pool == NULL) {
+        log_error("offload_new(%d threads): %s", w->cfg->offload.store_threads, strerror(errno));
+        return -1;
+    }
     if (add_listener(w, 0, public_fd, ssl) < 0 ||
         (admin_fd >= 0 && add_listener(w, 1, admin_fd, NULL) < 0))
         return -1;
@@ -188,6 +195,7 @@ static void worker_teardown(struct worker *w)
 {
     http_close_all(w);
     offload_free(w->offload); /* runs pending completions, which free their connections */
+    offload_free(w->store_pool);
     for (int i = 0; i < 2; i++)
         if (w->listeners[i].l)
             evconnlistener_free(w->listeners[i].l);
@@ -204,10 +212,10 @@ static void worker_teardown(struct worker *w)
     log_flush();
 }
 
-int worker_main(const struct config *cfg, SSL_CTX *ssl, struct health *h, int slot, int public_fd,
-                int admin_fd)
+int worker_main(const struct config *cfg, SSL_CTX *ssl, const struct auth *auth, struct health *h,
+                int slot, int public_fd, int admin_fd)
 {
-    struct worker w = {.cfg = cfg, .health = h, .slot = slot, .hs = &h->slot[slot]};
+    struct worker w = {.cfg = cfg, .auth = auth, .health = h, .slot = slot, .hs = &h->slot[slot]};
     int status = 0;
 
     log_set_role("worker");

@@ -20,6 +20,7 @@
 
 struct http_conn;
 struct offload;
+struct auth;
 
 struct worker_listener {
     struct worker *w;
@@ -34,7 +35,9 @@ struct worker {
     int slot;
     struct health_slot *hs;
     struct event_base *base;
-    struct offload *offload;
+    const struct auth *auth;
+    struct offload *offload;    /* password hashing */
+    struct offload *store_pool; /* store calls */
     struct worker_listener listeners[2];
     TAILQ_HEAD(, http_conn) conns;
     int nconns;
@@ -49,8 +52,8 @@ struct worker {
  * Runs a worker in the freshly forked child until it has drained. `public_fd` and `admin_fd`
  * are listening sockets (admin_fd may be -1). Returns the process exit status.
  */
-int worker_main(const struct config *cfg, SSL_CTX *ssl, struct health *h, int slot, int public_fd,
-                int admin_fd);
+int worker_main(const struct config *cfg, SSL_CTX *ssl, const struct auth *auth, struct health *h,
+                int slot, int public_fd, int admin_fd);
 
 /* Called by the HTTP layer when a connection closed: resumes accepting, ends a drain. */
 void worker_conn_closed(struct worker *w);

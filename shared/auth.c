@@ -1,0 +1,111 @@
+/* auth: the per-configuration authentication context (see auth.h). */
+#include "shared/auth.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shared/log.h"
+
+/* No key configured: one made at start-up in a private temporary file, loaded, then deleted. */
+static struct jwt_keyring *ephemeral_keyring(char *err, size_t errlen)
+{
+    char dir[] = "/tmp/authd-key.XXXXXX", path[64];
+    struct jwt_keyring *kr = NULL;
+
+    if (mkdtemp(dir) == NULL) {
+        snprintf(err, errlen, "mkdtemp for an ephemeral signing key: %s", strerror(errno));
+        return NULL;
+    }
+    snprintf(path, sizeof(path), "%s/key.pem", dir);
+    if (jwt_key_generate(path, err, errlen) == 0) {
+        char *paths[1] = {path};
+        kr = jwt_keyring_load(paths, 1, err, errlen);
+    }
+    unlink(path);
+    rmdir(dir);
+    return kr;
+}
+
+static char *render_discovery(const struct config *cfg)
+{
+    const char *iss = cfg->tokens.issuer;
+    char jwks[1024], intro[1024], login[1024];
+
+    snprintf(jwks, sizeof(jwks), "%s/.well-known/jwks.json", iss);
+    snprintf(intro, sizeof(intro), "%s/v1/auth/introspect", iss);
+    snprintf(login, sizeof(login), "%s/v1/auth/login", iss);
+    json_t *d =
+        json_pack("{s:s, s:s, s:s, s:s, s:[s], s:[s,s], s:[s], s:[], s:[s]}", "issuer", iss,
+                  "jwks_uri", jwks, "token_endpoint", login, "introspection_endpoint", intro,
+                  "id_token_signing_alg_values_supported", "ES256", "grant_types_supported",
+                  "password", "refresh_token", "subject_types_supported", "public",
+                  "response_types_supported", "token_endpoint_auth_methods_supported", "none");
+    char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
+    json_decref(d);
+    return text;
+}
+
+struct auth *auth_new(const struct config *cfg, char *err, size_t errlen)
+{
+    struct auth *a = calloc(1, sizeof(*a));
+
+    if (a == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->params = (struct password_params){(uint32_t)cfg->password.memory_kib,
+                                         (uint32_t)cfg->password.iterations,
+                                         (uint32_t)cfg->password.parallelism};
+    if (cfg->tokens.signing_keys_count > 0)
+        a->keys =
+            jwt_keyring_load(cfg->tokens.signing_keys, cfg->tokens.signing_keys_count, err, errlen);
+    else if ((a->keys = ephemeral_keyring(err, errlen)) != NULL)
+        log_warn("tokens.signing_keys is empty: signing with an ephemeral key; tokens will not "
+                 "survive a restart or reload (make one with `authd keys generate PATH`)");
+    if (a->keys == NULL)
+        goto fail;
+    a->policy = password_policy_new(cfg->password.min_length, cfg->password.max_length,
+                                    cfg->password.blocklist, err, errlen);
+    if (a->policy == NULL)
+        goto fail;
+    if (password_dummy_init(&a->params) < 0) {
+        snprintf(err, errlen, "argon2id with m=%d KiB t=%d p=%d failed", cfg->password.memory_kib,
+                 cfg->password.iterations, cfg->password.parallelism);
+        goto fail;
+    }
+    a->store = store_driver_find(cfg->store.driver);
+    if (a->store == NULL) {
+        snprintf(err, errlen, "store.driver \"%s\" is not built in", cfg->store.driver);
+        goto fail;
+    }
+    struct store *st = a->store->open(cfg, 1, err, errlen); /* runs migrations */
+    if (st == NULL)
+        goto fail;
+    a->store->close(st);
+    json_t *jwks = jwt_jwks(a->keys);
+    a->jwks_json = jwks ? json_dumps(jwks, JSON_COMPACT) : NULL;
+    json_decref(jwks);
+    a->discovery_json = render_discovery(cfg);
+    if (a->jwks_json == NULL || a->discovery_json == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    return a;
+fail:
+    auth_free(a);
+    return NULL;
+}
+
+void auth_free(struct auth *a)
+{
+    if (a == NULL)
+        return;
+    jwt_keyring_free(a->keys);
+    password_policy_free(a->policy);
+    free(a->jwks_json);
+    free(a->discovery_json);
+    free(a);
+}

@@ -1,0 +1,52 @@
+/*
+ * store: the table of built-in store drivers and the identifiers they all use (see store.h).
+ */
+#include "shared/store.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/rand.h>
+
+#include "shared/log.h"
+#include "shared/store_sqlite.h"
+
+static const struct store_driver *const drivers[] = {
+    &store_sqlite_driver,
+};
+
+const struct store_driver *store_driver_find(const char *name)
+{
+    if (name == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++)
+        if (!strcmp(drivers[i]->name, name))
+            return drivers[i];
+    return NULL;
+}
+
+int store_uuid(char out[STORE_ID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[16];
+    char msg[256];
+    size_t j = 0;
+
+    if (RAND_bytes(b, sizeof(b)) != 1) {
+        ERR_error_string_n(ERR_get_error(), msg, sizeof(msg));
+        log_error("RAND_bytes: %s", msg);
+        out[0] = '\0';
+        return -1;
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* variant 10 (RFC 4122) */
+    for (size_t i = 0; i < sizeof(b); i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[j++] = '-';
+        out[j++] = hex[b[i] >> 4];
+        out[j++] = hex[b[i] & 0x0f];
+    }
+    out[j] = '\0';
+    return 0;
+}

@@ -1,0 +1,1153 @@
+/*
+ * Conformance tests for the store drivers (shared/store.h).
+ *
+ * The common tests run once per entry of `backends`: each test gets a fresh, migrated database
+ * from its backend's `prepare` and its own connection. A backend may add tests that look under
+ * the interface (for SQLite: schema version, pragmas, file modes, raw rows). The concurrency
+ * tests fork real processes that each open their own connection and start together on a pipe.
+ * Times are fixed numbers: no test reads the clock.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "shared/config.h"
+#include "shared/store.h"
+#include "shared/store_sqlite.h"
+
+#define T0           INT64_C(1700000000) /* "now" at the start of every test */
+#define IDLE         INT64_C(3600)       /* idle ttl */
+#define TTL          INT64_C(2592000)    /* absolute ttl (30 days) */
+#define HASH_A       "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+#define HASH_B       "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYXNo"
+#define NCHILD       8
+#define CHILD_FAILED 100 /* exit code of a racing child that could not run its call */
+
+#define assert_contains(hay, needle)                                                               \
+    do {                                                                                           \
+        const char *hay_ = (hay), *needle_ = (needle);                                             \
+        if (strstr(hay_, needle_) == NULL)                                                         \
+            fail_msg("expected \"%s\" in \"%s\"", needle_, hay_);                                  \
+    } while (0)
+
+/* A session that is not usable: drivers may say either (store.h leaves it open for session_get). */
+#define assert_inactive(rc) assert_true((rc) == STORE_EXPIRED || (rc) == STORE_NOT_FOUND)
+
+struct fixture;
+
+/* The newest audit event as the backend stored it (NULL columns: is_null[i]). */
+enum { A_EVENT, A_RESULT, A_USER_ID, A_IP, A_UA, A_REQUEST_ID, A_DETAIL, A_COUNT };
+struct audit_row {
+    int64_t at;
+    char text[A_COUNT][2048];
+    int is_null[A_COUNT];
+};
+
+struct backend {
+    const char *driver; /* name for store_driver_find */
+    /* Points the environment at a fresh, empty database of this backend (config_load reads it). */
+    int (*prepare)(struct fixture *fx);
+    /* Removes what prepare made. */
+    void (*discard)(struct fixture *fx);
+    /* Reads the newest audit event back, bypassing the driver. 0 or -1. */
+    int (*audit_last)(struct fixture *fx, struct audit_row *row);
+    /* Tests that look under the interface, run after the common ones. */
+    const struct CMUnitTest *extra;
+    size_t nextra;
+};
+
+struct fixture {
+    const struct backend *be;
+    const struct store_driver *drv;
+    struct config *cfg;
+    struct store *st;
+    char dir[128];
+    char path[192];
+};
+
+/* ---- helpers ---- */
+
+static void hash_of(unsigned n, uint8_t out[32])
+{
+    for (int i = 0; i < 32; i++)
+        out[i] = (uint8_t)(n * 31u + (unsigned)i * 7u + (n >> 8));
+    memcpy(out, &n, sizeof(n));
+}
+
+static void assert_uuid(const char *id)
+{
+    assert_int_equal(strlen(id), STORE_ID_LEN);
+    for (int i = 0; i < STORE_ID_LEN; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23)
+            assert_int_equal(id[i], '-');
+        else
+            assert_non_null(strchr("0123456789abcdef", id[i]));
+    }
+    assert_int_equal(id[14], '4');
+    assert_non_null(strchr("89ab", id[19]));
+}
+
+static void open_store(struct fixture *fx)
+{
+    char err[512] = "";
+
+    fx->st = fx->drv->open(fx->cfg, 1, err, sizeof(err));
+    if (fx->st == NULL)
+        fail_msg("open: %s", err);
+}
+
+static void close_store(struct fixture *fx)
+{
+    if (fx->st != NULL)
+        fx->drv->close(fx->st);
+    fx->st = NULL;
+}
+
+static void new_user(struct fixture *fx, const char *email, struct store_user *u)
+{
+    assert_int_equal(fx->drv->user_create(fx->st, email, HASH_A, T0, u), STORE_OK);
+}
+
+/* A session of `user_id` created at `at`, whose current token is hash_of(n). */
+static void new_session(struct fixture *fx, const char *user_id, int64_t at, int64_t idle_at,
+                        int64_t expires_at, unsigned n, struct store_session *s)
+{
+    uint8_t h[32];
+
+    memset(s, 0, sizeof(*s));
+    snprintf(s->user_id, sizeof(s->user_id), "%s", user_id);
+    s->created_at = at;
+    s->last_used_at = at;
+    s->idle_expires_at = idle_at;
+    s->expires_at = expires_at;
+    snprintf(s->ip, sizeof(s->ip), "192.0.2.%u", n % 250);
+    snprintf(s->user_agent, sizeof(s->user_agent), "test-agent/%u", n);
+    hash_of(n, h);
+    assert_int_equal(fx->drv->session_create(fx->st, s, h), STORE_OK);
+    assert_uuid(s->id);
+}
+
+static enum store_status rotate(struct fixture *fx, unsigned from, unsigned to, int64_t now,
+                                struct store_session *out)
+{
+    uint8_t a[32], b[32];
+
+    hash_of(from, a);
+    hash_of(to, b);
+    return fx->drv->session_rotate(fx->st, a, b, now, IDLE, out);
+}
+
+static void assert_session_equal(const struct store_session *a, const struct store_session *b)
+{
+    assert_string_equal(a->id, b->id);
+    assert_string_equal(a->user_id, b->user_id);
+    assert_int_equal(a->created_at, b->created_at);
+    assert_int_equal(a->last_used_at, b->last_used_at);
+    assert_int_equal(a->idle_expires_at, b->idle_expires_at);
+    assert_int_equal(a->expires_at, b->expires_at);
+    assert_string_equal(a->ip, b->ip);
+    assert_string_equal(a->user_agent, b->user_agent);
+}
+
+static int list_count(struct fixture *fx, const char *user_id, int64_t now)
+{
+    struct store_session list[16];
+    int n = -1;
+
+    assert_int_equal(fx->drv->session_list(fx->st, user_id, now, list, 16, &n), STORE_OK);
+    return n;
+}
+
+/* ---- fixture ---- */
+
+static int setup(void **state)
+{
+    const struct backend *be = *state;
+    struct fixture *fx = calloc(1, sizeof(*fx));
+    char *errors = NULL;
+    char err[512] = "";
+
+    if (fx == NULL)
+        return -1;
+    *state = fx;
+    fx->be = be;
+    fx->drv = store_driver_find(be->driver);
+    if (fx->drv == NULL || be->prepare(fx) < 0)
+        return -1;
+    fx->cfg = config_load(NULL, &errors);
+    unsetenv("AUTHD_STORE_DRIVER");
+    unsetenv("AUTHD_STORE_PATH");
+    if (fx->cfg == NULL) {
+        fprintf(stderr, "config_load: %s\n", errors ? errors : "?");
+        free(errors);
+        return -1;
+    }
+    fx->st = fx->drv->open(fx->cfg, 1, err, sizeof(err));
+    if (fx->st == NULL) {
+        fprintf(stderr, "open: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+
+    if (fx->st != NULL)
+        fx->drv->close(fx->st);
+    if (fx->be->discard != NULL)
+        fx->be->discard(fx);
+    config_free(fx->cfg);
+    free(fx);
+    return 0;
+}
+
+/* ---- common tests: users ---- */
+
+static void ping(void **state)
+{
+    struct fixture *fx = *state;
+
+    assert_int_equal(fx->drv->ping(fx->st), STORE_OK);
+}
+
+static void user_create_and_get(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u, g;
+
+    assert_int_equal(fx->drv->user_create(fx->st, "alice@example.com", HASH_A, T0, &u), STORE_OK);
+    assert_uuid(u.id);
+    assert_string_equal(u.email, "alice@example.com");
+    assert_string_equal(u.password_hash, HASH_A);
+    assert_int_equal(u.email_verified, 0);
+    assert_int_equal(u.created_at, T0);
+
+    assert_int_equal(fx->drv->user_by_email(fx->st, "alice@example.com", &g), STORE_OK);
+    assert_string_equal(g.id, u.id);
+    assert_string_equal(g.email, u.email);
+    assert_string_equal(g.password_hash, HASH_A);
+    assert_int_equal(g.email_verified, 0);
+    assert_int_equal(g.created_at, T0);
+
+    memset(&g, 0, sizeof(g));
+    assert_int_equal(fx->drv->user_by_id(fx->st, u.id, &g), STORE_OK);
+    assert_string_equal(g.email, "alice@example.com");
+    assert_string_equal(g.password_hash, HASH_A);
+
+    assert_int_equal(fx->drv->user_by_email(fx->st, "bob@example.com", &g), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->user_by_email(fx->st, "ALICE@example.com", &g), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->user_by_id(fx->st, "00000000-0000-4000-8000-000000000000", &g),
+                     STORE_NOT_FOUND);
+}
+
+static void user_duplicate_email(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user a, b, g;
+
+    new_user(fx, "carol@example.com", &a);
+    assert_int_equal(fx->drv->user_create(fx->st, "carol@example.com", HASH_B, T0 + 5, &b),
+                     STORE_CONFLICT);
+    assert_int_equal(fx->drv->user_by_email(fx->st, "carol@example.com", &g), STORE_OK);
+    assert_string_equal(g.id, a.id);
+    assert_string_equal(g.password_hash, HASH_A);
+    /* The connection is still usable after the constraint error. */
+    new_user(fx, "dave@example.com", &b);
+    assert_string_not_equal(a.id, b.id);
+}
+
+static void user_email_length(void **state)
+{
+    struct fixture *fx = *state;
+    char email[STORE_EMAIL_MAX + 2];
+    struct store_user u, g;
+
+    memset(email, 'a', sizeof(email) - 1);
+    email[sizeof(email) - 1] = '\0';
+    memcpy(email + STORE_EMAIL_MAX - 12, "@example.com", 12); /* 255 bytes: one too many */
+    assert_int_equal(fx->drv->user_create(fx->st, email, HASH_A, T0, &u), STORE_ERROR);
+    assert_int_equal(fx->drv->user_by_email(fx->st, email, &g), STORE_NOT_FOUND);
+
+    memmove(email, email + 1, strlen(email)); /* exactly STORE_EMAIL_MAX */
+    assert_int_equal(strlen(email), STORE_EMAIL_MAX);
+    assert_int_equal(fx->drv->user_create(fx->st, email, HASH_A, T0, &u), STORE_OK);
+    assert_int_equal(fx->drv->user_by_email(fx->st, email, &g), STORE_OK);
+    assert_string_equal(g.email, email);
+}
+
+static void user_set_password(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u, g;
+
+    new_user(fx, "erin@example.com", &u);
+    assert_int_equal(fx->drv->user_set_password(fx->st, u.id, HASH_B, T0 + 60), STORE_OK);
+    assert_int_equal(fx->drv->user_by_id(fx->st, u.id, &g), STORE_OK);
+    assert_string_equal(g.password_hash, HASH_B);
+    assert_int_equal(g.created_at, T0);
+    assert_int_equal(fx->drv->user_by_email(fx->st, "erin@example.com", &g), STORE_OK);
+    assert_string_equal(g.password_hash, HASH_B);
+    assert_int_equal(
+        fx->drv->user_set_password(fx->st, "00000000-0000-4000-8000-000000000000", HASH_B, T0 + 60),
+        STORE_NOT_FOUND);
+}
+
+/* ---- common tests: sessions ---- */
+
+static void session_create_get_list(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u, v;
+    struct store_session s[3], g, list[8];
+    int n = -1;
+
+    new_user(fx, "frank@example.com", &u);
+    new_user(fx, "grace@example.com", &v);
+    for (int i = 0; i < 3; i++)
+        new_session(fx, u.id, T0 + 10 * i, T0 + 10 * i + IDLE, T0 + TTL, 1 + (unsigned)i, &s[i]);
+    assert_string_not_equal(s[0].id, s[1].id);
+    assert_string_not_equal(s[1].id, s[2].id);
+
+    assert_int_equal(fx->drv->session_get(fx->st, s[1].id, T0 + 30, &g), STORE_OK);
+    assert_session_equal(&g, &s[1]);
+    assert_string_equal(g.ip, "192.0.2.2");
+    assert_string_equal(g.user_agent, "test-agent/2");
+
+    assert_int_equal(fx->drv->session_list(fx->st, u.id, T0 + 30, list, 8, &n), STORE_OK);
+    assert_int_equal(n, 3);
+    for (int i = 0; i < 3; i++) /* newest first */
+        assert_session_equal(&list[i], &s[2 - i]);
+    assert_int_equal(fx->drv->session_list(fx->st, u.id, T0 + 30, list, 2, &n), STORE_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].id, s[2].id);
+    assert_string_equal(list[1].id, s[1].id);
+    assert_int_equal(list_count(fx, v.id, T0 + 30), 0);
+
+    assert_int_equal(fx->drv->session_get(fx->st, "00000000-0000-4000-8000-000000000000", T0, &g),
+                     STORE_NOT_FOUND);
+}
+
+static void session_fields_at_limits(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session s, g;
+    uint8_t h[32];
+
+    new_user(fx, "heidi@example.com", &u);
+    memset(&s, 0, sizeof(s));
+    snprintf(s.user_id, sizeof(s.user_id), "%s", u.id);
+    s.created_at = s.last_used_at = T0;
+    s.idle_expires_at = T0 + IDLE;
+    s.expires_at = T0 + TTL;
+    memset(s.ip, '6', STORE_IP_MAX);
+    for (int i = 0; i < STORE_UA_MAX; i += 2) /* 128 two-byte characters: exactly full */
+        memcpy(s.user_agent + i, "\xc3\xa9", 2);
+    hash_of(7, h);
+    assert_int_equal(fx->drv->session_create(fx->st, &s, h), STORE_OK);
+    assert_int_equal(fx->drv->session_get(fx->st, s.id, T0, &g), STORE_OK);
+    assert_int_equal(strlen(g.ip), STORE_IP_MAX);
+    assert_int_equal(strlen(g.user_agent), STORE_UA_MAX);
+    assert_session_equal(&g, &s);
+}
+
+static void rotate_chain(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session s, r, g;
+
+    new_user(fx, "ivan@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &s);
+
+    assert_int_equal(rotate(fx, 1, 2, T0 + 100, &r), STORE_OK);
+    assert_string_equal(r.id, s.id);
+    assert_string_equal(r.user_id, u.id);
+    assert_int_equal(r.created_at, T0);
+    assert_int_equal(r.last_used_at, T0 + 100);
+    assert_int_equal(r.idle_expires_at, T0 + 100 + IDLE);
+    assert_int_equal(r.expires_at, T0 + TTL);
+    assert_string_equal(r.ip, s.ip);
+    assert_string_equal(r.user_agent, s.user_agent);
+
+    /* The new token rotates too, past the first idle expiry (the use extended it). */
+    assert_int_equal(rotate(fx, 2, 3, T0 + IDLE + 50, &r), STORE_OK);
+    assert_int_equal(r.last_used_at, T0 + IDLE + 50);
+    assert_int_equal(r.idle_expires_at, T0 + 2 * IDLE + 50);
+
+    assert_int_equal(fx->drv->session_get(fx->st, s.id, T0 + IDLE + 60, &g), STORE_OK);
+    assert_session_equal(&g, &r);
+}
+
+static void rotate_reuse_revokes_family(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session s, r, g;
+
+    new_user(fx, "judy@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &s);
+    assert_int_equal(rotate(fx, 1, 2, T0 + 10, &r), STORE_OK);
+
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(rotate(fx, 1, 9, T0 + 20, &r), STORE_REUSED);
+    assert_string_equal(r.id, s.id);
+    assert_string_equal(r.user_id, u.id);
+
+    /* The family is gone: the newest token no longer works, the reuse's new one never existed. */
+    assert_int_equal(rotate(fx, 2, 3, T0 + 30, &r), STORE_EXPIRED);
+    assert_int_equal(rotate(fx, 9, 10, T0 + 30, &r), STORE_NOT_FOUND);
+    assert_inactive(fx->drv->session_get(fx->st, s.id, T0 + 30, &g));
+    assert_int_equal(list_count(fx, u.id, T0 + 30), 0);
+    /* Presenting the rotated token again still reports reuse. */
+    assert_int_equal(rotate(fx, 1, 11, T0 + 40, &r), STORE_REUSED);
+    assert_string_equal(r.id, s.id);
+}
+
+static void rotate_unknown_token(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session s, r;
+
+    assert_int_equal(rotate(fx, 1, 2, T0, &r), STORE_NOT_FOUND);
+    new_user(fx, "ken@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &s);
+    assert_int_equal(rotate(fx, 5, 6, T0 + 1, &r), STORE_NOT_FOUND);
+    /* The real token is untouched by the failed attempt. */
+    assert_int_equal(rotate(fx, 1, 2, T0 + 2, &r), STORE_OK);
+}
+
+static void rotate_idle_expiry(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session a, b, r, g;
+
+    new_user(fx, "leo@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &a);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 2, &b);
+
+    assert_int_equal(fx->drv->session_get(fx->st, a.id, T0 + IDLE - 1, &g), STORE_OK);
+    assert_inactive(fx->drv->session_get(fx->st, a.id, T0 + IDLE, &g));
+    assert_int_equal(rotate(fx, 1, 3, T0 + IDLE, &r), STORE_EXPIRED);
+    /* Expiry revoked the family: an earlier clock does not bring it back. */
+    assert_int_equal(rotate(fx, 1, 3, T0 + 1, &r), STORE_EXPIRED);
+    assert_inactive(fx->drv->session_get(fx->st, a.id, T0 + 1, &g));
+
+    assert_int_equal(rotate(fx, 2, 4, T0 + IDLE - 1, &r), STORE_OK);
+    assert_string_equal(r.id, b.id);
+    assert_int_equal(list_count(fx, u.id, T0 + IDLE), 1);
+}
+
+static void rotate_absolute_caps_idle(void **state)
+{
+    struct fixture *fx = *state;
+    const int64_t exp = T0 + IDLE + IDLE / 2;
+    struct store_user u;
+    struct store_session s, r;
+
+    new_user(fx, "mallory@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, exp, 1, &s);
+
+    assert_int_equal(rotate(fx, 1, 2, T0 + 600, &r), STORE_OK);
+    assert_int_equal(r.idle_expires_at, T0 + 600 + IDLE);
+    assert_int_equal(rotate(fx, 2, 3, T0 + IDLE, &r), STORE_OK);
+    assert_int_equal(r.idle_expires_at, exp); /* not T0 + 2 * IDLE */
+    assert_int_equal(r.expires_at, exp);
+    assert_int_equal(rotate(fx, 3, 4, exp - 1, &r), STORE_OK);
+    assert_int_equal(r.idle_expires_at, exp);
+    assert_int_equal(rotate(fx, 4, 5, exp, &r), STORE_EXPIRED);
+}
+
+static void revoke_by_token(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session s, o, r, g;
+    uint8_t h[32];
+
+    new_user(fx, "nina@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &s);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 50, &o);
+    assert_int_equal(rotate(fx, 1, 2, T0 + 10, &r), STORE_OK);
+
+    hash_of(1, h); /* rotated: not the family's current token, nothing revoked */
+    assert_int_equal(fx->drv->session_revoke_token(fx->st, h, T0 + 20, &r), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->session_get(fx->st, s.id, T0 + 20, &g), STORE_OK);
+
+    hash_of(2, h);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(fx->drv->session_revoke_token(fx->st, h, T0 + 20, &r), STORE_OK);
+    assert_string_equal(r.id, s.id);
+    assert_string_equal(r.user_id, u.id);
+    assert_inactive(fx->drv->session_get(fx->st, s.id, T0 + 20, &g));
+    assert_int_equal(rotate(fx, 2, 3, T0 + 30, &r), STORE_EXPIRED);
+    assert_int_equal(fx->drv->session_revoke_token(fx->st, h, T0 + 40, &r), STORE_NOT_FOUND);
+
+    hash_of(99, h);
+    assert_int_equal(fx->drv->session_revoke_token(fx->st, h, T0 + 40, &r), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->session_get(fx->st, o.id, T0 + 40, &g), STORE_OK);
+}
+
+static void revoke_by_id(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user a, b;
+    struct store_session s, old, g;
+
+    new_user(fx, "oscar@example.com", &a);
+    new_user(fx, "peggy@example.com", &b);
+    new_session(fx, a.id, T0, T0 + IDLE, T0 + TTL, 1, &s);
+    new_session(fx, a.id, T0 - TTL, T0 - TTL + IDLE, T0, 2, &old); /* already expired */
+
+    assert_int_equal(fx->drv->session_revoke(fx->st, b.id, s.id, T0 + 5), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->session_get(fx->st, s.id, T0 + 5, &g), STORE_OK);
+    assert_int_equal(fx->drv->session_revoke(fx->st, a.id, s.id, T0 + 5), STORE_OK);
+    assert_inactive(fx->drv->session_get(fx->st, s.id, T0 + 5, &g));
+    assert_int_equal(fx->drv->session_revoke(fx->st, a.id, s.id, T0 + 6), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->session_revoke(fx->st, a.id, old.id, T0 + 6), STORE_NOT_FOUND);
+    assert_int_equal(
+        fx->drv->session_revoke(fx->st, a.id, "00000000-0000-4000-8000-000000000000", T0 + 6),
+        STORE_NOT_FOUND);
+    assert_int_equal(rotate(fx, 1, 3, T0 + 7, &g), STORE_EXPIRED);
+}
+
+static void revoke_others(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user a, b;
+    struct store_session s[3], t, list[8];
+    int n = -1;
+
+    new_user(fx, "quinn@example.com", &a);
+    new_user(fx, "rupert@example.com", &b);
+    for (int i = 0; i < 3; i++)
+        new_session(fx, a.id, T0 + i, T0 + IDLE, T0 + TTL, 1 + (unsigned)i, &s[i]);
+    new_session(fx, b.id, T0, T0 + IDLE, T0 + TTL, 10, &t);
+
+    assert_int_equal(fx->drv->session_revoke_others(fx->st, a.id, s[1].id, T0 + 10, &n), STORE_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(fx->drv->session_list(fx->st, a.id, T0 + 10, list, 8, &n), STORE_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].id, s[1].id);
+    assert_int_equal(list_count(fx, b.id, T0 + 10), 1);
+    assert_int_equal(rotate(fx, 1, 20, T0 + 11, &list[0]), STORE_EXPIRED);
+    assert_int_equal(rotate(fx, 2, 21, T0 + 11, &list[0]), STORE_OK);
+
+    assert_int_equal(fx->drv->session_revoke_others(fx->st, a.id, NULL, T0 + 12, &n), STORE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(list_count(fx, a.id, T0 + 12), 0);
+    assert_int_equal(list_count(fx, b.id, T0 + 12), 1);
+    assert_int_equal(fx->drv->session_revoke_others(fx->st, a.id, NULL, T0 + 13, &n), STORE_OK);
+    assert_int_equal(n, 0);
+}
+
+/* ---- common tests: audit ---- */
+
+static void audit_append(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_audit a = {.at = T0, .event = "login", .result = "failure"};
+    struct audit_row row;
+    char ua[400];
+
+    assert_int_equal(fx->drv->audit_append(fx->st, &a), STORE_OK);
+    if (fx->be->audit_last != NULL) {
+        assert_int_equal(fx->be->audit_last(fx, &row), 0);
+        assert_int_equal(row.at, T0);
+        assert_string_equal(row.text[A_EVENT], "login");
+        assert_string_equal(row.text[A_RESULT], "failure");
+        for (int i = A_USER_ID; i < A_COUNT; i++)
+            assert_true(row.is_null[i]);
+    }
+
+    memset(ua, 'u', sizeof(ua) - 1); /* longer than any user agent is kept */
+    ua[sizeof(ua) - 1] = '\0';
+    a = (struct store_audit){.at = T0 + 1,
+                             .event = "refresh_reuse",
+                             .result = "success",
+                             .user_id = "00000000-0000-4000-8000-000000000001",
+                             .ip = "2001:db8::1",
+                             .user_agent = ua,
+                             .request_id = "req-42",
+                             .detail = "rotated token presented"};
+    assert_int_equal(fx->drv->audit_append(fx->st, &a), STORE_OK);
+    if (fx->be->audit_last != NULL) {
+        assert_int_equal(fx->be->audit_last(fx, &row), 0);
+        assert_int_equal(row.at, T0 + 1);
+        assert_string_equal(row.text[A_EVENT], "refresh_reuse");
+        assert_string_equal(row.text[A_RESULT], "success");
+        assert_string_equal(row.text[A_USER_ID], a.user_id);
+        assert_string_equal(row.text[A_IP], "2001:db8::1");
+        assert_int_equal(strlen(row.text[A_UA]), STORE_UA_MAX);
+        assert_memory_equal(row.text[A_UA], ua, STORE_UA_MAX);
+        assert_string_equal(row.text[A_REQUEST_ID], "req-42");
+        assert_string_equal(row.text[A_DETAIL], "rotated token presented");
+    }
+}
+
+/* ---- common tests: concurrency between processes ---- */
+
+typedef enum store_status (*race_fn)(const struct store_driver *drv, struct store *st, int i);
+
+/*
+ * Runs `fn` in NCHILD forked processes, each on its own connection, released together once all
+ * are connected; counts[status] is how many returned each status (counts[CHILD_FAILED]: could not
+ * run). With `open_late`, the children open (and migrate) after the release instead. The parent's
+ * connection is closed across the fork: SQLite connections must not cross one.
+ */
+static void race(struct fixture *fx, race_fn fn, int open_late, int counts[CHILD_FAILED + 1])
+{
+    int ready[2], go[2], status;
+    pid_t pids[NCHILD];
+    char buf[NCHILD];
+    ssize_t got = 0, r;
+
+    memset(counts, 0, sizeof(int) * (CHILD_FAILED + 1));
+    close_store(fx);
+    assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(go, O_CLOEXEC), 0);
+    fflush(stdout);
+    fflush(stderr);
+    for (int i = 0; i < NCHILD; i++) {
+        pids[i] = fork();
+        assert_true(pids[i] >= 0);
+        if (pids[i] == 0) {
+            char err[512] = "", c = 'r';
+            int code = CHILD_FAILED;
+            struct store *st = NULL;
+
+            close(ready[0]);
+            close(go[1]);
+            alarm(60); /* a wedged child dies instead of hanging the suite */
+            if (!open_late)
+                st = fx->drv->open(fx->cfg, 0, err, sizeof(err));
+            if (write(ready[1], &c, 1) == 1 && read(go[0], &c, 1) == 1 && open_late)
+                st = fx->drv->open(fx->cfg, 1, err, sizeof(err));
+            if (st == NULL)
+                fprintf(stderr, "child %d: open: %s\n", i, err);
+            else
+                code = (int)fn(fx->drv, st, i);
+            if (st != NULL)
+                fx->drv->close(st);
+            _exit(code);
+        }
+    }
+    close(ready[1]);
+    close(go[0]);
+    while (got < NCHILD && (r = read(ready[0], buf, sizeof(buf))) != 0) {
+        if (r < 0 && errno == EINTR)
+            continue;
+        assert_true(r > 0);
+        got += r;
+    }
+    assert_int_equal(got, NCHILD);
+    memset(buf, 'g', sizeof(buf));
+    assert_int_equal(write(go[1], buf, NCHILD), NCHILD); /* one byte releases each child */
+    close(ready[0]);
+    close(go[1]);
+    for (int i = 0; i < NCHILD; i++) {
+        assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+        assert_true(WIFEXITED(status));
+        int code = WEXITSTATUS(status);
+        counts[code <= STORE_ERROR ? code : CHILD_FAILED]++;
+    }
+    open_store(fx);
+}
+
+static enum store_status race_register(const struct store_driver *drv, struct store *st, int i)
+{
+    struct store_user u;
+
+    return drv->user_create(st, "race@example.com", HASH_A, T0 + i, &u);
+}
+
+static enum store_status race_rotate(const struct store_driver *drv, struct store *st, int i)
+{
+    struct store_session s;
+    uint8_t old[32], new[32];
+
+    hash_of(1, old);
+    hash_of(100 + (unsigned)i, new);
+    return drv->session_rotate(st, old, new, T0 + 10, IDLE, &s);
+}
+
+static void concurrent_register(void **state)
+{
+    struct fixture *fx = *state;
+    int counts[CHILD_FAILED + 1];
+    struct store_user u;
+
+    race(fx, race_register, 0, counts);
+    assert_int_equal(counts[STORE_OK], 1);
+    assert_int_equal(counts[STORE_CONFLICT], NCHILD - 1);
+    assert_int_equal(fx->drv->user_by_email(fx->st, "race@example.com", &u), STORE_OK);
+    assert_uuid(u.id);
+}
+
+static void concurrent_rotate(void **state)
+{
+    struct fixture *fx = *state;
+    int counts[CHILD_FAILED + 1], current = 0;
+    struct store_user u;
+    struct store_session s, r;
+
+    new_user(fx, "sybil@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &s);
+    race(fx, race_rotate, 0, counts);
+    assert_int_equal(counts[STORE_OK], 1);
+    assert_int_equal(counts[STORE_REUSED], NCHILD - 1);
+
+    /* Reuse revoked the family: the winner's new token is dead, the losers' never existed. */
+    assert_inactive(fx->drv->session_get(fx->st, s.id, T0 + 20, &r));
+    for (unsigned i = 0; i < NCHILD; i++) {
+        enum store_status rc = rotate(fx, 100 + i, 200 + i, T0 + 20, &r);
+        if (rc == STORE_EXPIRED)
+            current++;
+        else
+            assert_int_equal(rc, STORE_NOT_FOUND);
+    }
+    assert_int_equal(current, 1);
+}
+
+static const struct {
+    const char *name;
+    CMUnitTestFunction fn;
+} common_tests[] = {
+    {"ping", ping},
+    {"user_create_and_get", user_create_and_get},
+    {"user_duplicate_email", user_duplicate_email},
+    {"user_email_length", user_email_length},
+    {"user_set_password", user_set_password},
+    {"session_create_get_list", session_create_get_list},
+    {"session_fields_at_limits", session_fields_at_limits},
+    {"rotate_chain", rotate_chain},
+    {"rotate_reuse_revokes_family", rotate_reuse_revokes_family},
+    {"rotate_unknown_token", rotate_unknown_token},
+    {"rotate_idle_expiry", rotate_idle_expiry},
+    {"rotate_absolute_caps_idle", rotate_absolute_caps_idle},
+    {"revoke_by_token", revoke_by_token},
+    {"revoke_by_id", revoke_by_id},
+    {"revoke_others", revoke_others},
+    {"audit_append", audit_append},
+    {"concurrent_register", concurrent_register},
+    {"concurrent_rotate", concurrent_rotate},
+};
+
+/* ---- sqlite backend ---- */
+
+static const char *const sqlite_suffixes[] = {"", "-wal", "-shm", "-journal"};
+
+static int sqlite_prepare(struct fixture *fx)
+{
+    const char *tmp = getenv("TMPDIR");
+
+    snprintf(fx->dir, sizeof(fx->dir), "%s/test_store.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(fx->dir) == NULL)
+        return -1;
+    snprintf(fx->path, sizeof(fx->path), "%s/authd.db", fx->dir);
+    setenv("AUTHD_STORE_DRIVER", "sqlite", 1);
+    setenv("AUTHD_STORE_PATH", fx->path, 1);
+    return 0;
+}
+
+static void sqlite_remove(struct fixture *fx)
+{
+    char p[256];
+
+    for (size_t i = 0; i < sizeof(sqlite_suffixes) / sizeof(sqlite_suffixes[0]); i++) {
+        snprintf(p, sizeof(p), "%s%s", fx->path, sqlite_suffixes[i]);
+        unlink(p);
+    }
+}
+
+static void sqlite_discard(struct fixture *fx)
+{
+    sqlite_remove(fx);
+    rmdir(fx->dir);
+}
+
+/* A connection of the test's own, past the driver. */
+static sqlite3 *raw_open(struct fixture *fx)
+{
+    sqlite3 *db = NULL;
+
+    if (sqlite3_open_v2(fx->path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
+        fail_msg("sqlite3_open_v2(%s): %s", fx->path, sqlite3_errmsg(db));
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+static void raw_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        fprintf(stderr, "%s: %s\n", sql, msg);
+        sqlite3_free(msg);
+        fail();
+    }
+}
+
+/* The first column of the first row of `sql`, as text (into buf) and as an integer. */
+static int64_t raw_query(sqlite3 *db, const char *sql, char *buf, size_t len)
+{
+    sqlite3_stmt *q = NULL;
+    int64_t v;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK || sqlite3_step(q) != SQLITE_ROW)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    v = sqlite3_column_int64(q, 0);
+    if (buf != NULL)
+        snprintf(buf, len, "%s", (const char *)sqlite3_column_text(q, 0));
+    sqlite3_finalize(q);
+    return v;
+}
+
+static int sqlite_audit_last(struct fixture *fx, struct audit_row *row)
+{
+    sqlite3 *db = raw_open(fx);
+    sqlite3_stmt *q = NULL;
+    int rc = -1;
+
+    memset(row, 0, sizeof(*row));
+    if (sqlite3_prepare_v2(db,
+                           "SELECT at, event, result, user_id, ip, user_agent, request_id, detail"
+                           " FROM audit_events ORDER BY id DESC LIMIT 1",
+                           -1, &q, NULL) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+        row->at = sqlite3_column_int64(q, 0);
+        for (int i = 0; i < A_COUNT; i++) {
+            const char *t = (const char *)sqlite3_column_text(q, i + 1);
+            row->is_null[i] = t == NULL;
+            snprintf(row->text[i], sizeof(row->text[i]), "%s", t ? t : "");
+        }
+        rc = 0;
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return rc;
+}
+
+static void sqlite_schema_and_pragmas(void **state)
+{
+    struct fixture *fx = *state;
+    sqlite3 *db = raw_open(fx);
+    char buf[64], p[256];
+    struct stat sb;
+
+    assert_int_equal(raw_query(db, "PRAGMA user_version", NULL, 0), STORE_SQLITE_SCHEMA_VERSION);
+    raw_query(db, "PRAGMA journal_mode", buf, sizeof(buf));
+    assert_string_equal(buf, "wal");
+    assert_int_equal(raw_query(db,
+                               "SELECT count(*) FROM sqlite_master WHERE name IN ('users',"
+                               " 'sessions', 'refresh_tokens', 'audit_events', 'sessions_user_id',"
+                               " 'refresh_tokens_session_id', 'audit_events_user_at')",
+                               NULL, 0),
+                     7);
+    sqlite3_close(db);
+    for (size_t i = 0; i < 3; i++) { /* the database, its -wal and -shm */
+        snprintf(p, sizeof(p), "%s%s", fx->path, sqlite_suffixes[i]);
+        assert_int_equal(stat(p, &sb), 0);
+        assert_int_equal(sb.st_mode & 0777, 0600);
+    }
+}
+
+static void sqlite_migrations_idempotent(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *again, *plain;
+    struct store_user u, g;
+    char err[512] = "";
+    sqlite3 *db;
+
+    new_user(fx, "trent@example.com", &u);
+    again = fx->drv->open(fx->cfg, 1, err, sizeof(err)); /* beside the open one */
+    assert_non_null(again);
+    fx->drv->close(again);
+    close_store(fx);
+    open_store(fx);
+    plain = fx->drv->open(fx->cfg, 0, err, sizeof(err));
+    assert_non_null(plain);
+    assert_int_equal(fx->drv->user_by_email(plain, "trent@example.com", &g), STORE_OK);
+    assert_string_equal(g.id, u.id);
+    fx->drv->close(plain);
+    db = raw_open(fx);
+    assert_int_equal(raw_query(db, "PRAGMA user_version", NULL, 0), STORE_SQLITE_SCHEMA_VERSION);
+    assert_int_equal(raw_query(db, "SELECT count(*) FROM users", NULL, 0), 1);
+    sqlite3_close(db);
+}
+
+static void sqlite_newer_version_refused(void **state)
+{
+    struct fixture *fx = *state;
+    char err[512] = "", sql[64];
+    sqlite3 *db;
+
+    close_store(fx);
+    db = raw_open(fx);
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", STORE_SQLITE_SCHEMA_VERSION + 1);
+    raw_exec(db, sql);
+    sqlite3_close(db);
+    assert_null(fx->drv->open(fx->cfg, 1, err, sizeof(err)));
+    assert_contains(err, fx->path);
+    assert_contains(err, "newer");
+    err[0] = '\0';
+    assert_null(fx->drv->open(fx->cfg, 0, err, sizeof(err)));
+    assert_contains(err, "newer");
+    db = raw_open(fx); /* and nothing was changed */
+    assert_int_equal(raw_query(db, "PRAGMA user_version", NULL, 0),
+                     STORE_SQLITE_SCHEMA_VERSION + 1);
+    sqlite3_close(db);
+}
+
+static void sqlite_unmigrated_refused(void **state)
+{
+    struct fixture *fx = *state;
+    char err[512] = "";
+    struct stat sb;
+
+    close_store(fx);
+    sqlite_remove(fx);
+    assert_null(fx->drv->open(fx->cfg, 0, err, sizeof(err)));
+    assert_contains(err, "migrations");
+    open_store(fx); /* migrate = 1 creates the schema */
+    assert_int_equal(stat(fx->path, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+}
+
+static void sqlite_not_a_database(void **state)
+{
+    struct fixture *fx = *state;
+    char err[512] = "";
+    int fd;
+
+    close_store(fx);
+    sqlite_remove(fx);
+    fd = open(fx->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    for (int i = 0; i < 64; i++)
+        assert_int_equal(write(fd, "this is not an SQLite database, just text..\n", 44), 44);
+    close(fd);
+    assert_null(fx->drv->open(fx->cfg, 1, err, sizeof(err)));
+    assert_contains(err, fx->path);
+}
+
+static void sqlite_token_rows_and_reasons(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session a, b, c, d, r;
+    char buf[64], sql[256];
+    uint8_t h[32];
+    sqlite3 *db;
+    int n;
+
+    new_user(fx, "uma@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &a);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 2, &b);
+    new_session(fx, u.id, T0, T0 + 10, T0 + TTL, 3, &c);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 4, &d);
+    assert_int_equal(rotate(fx, 1, 11, T0 + 1, &r), STORE_OK);
+    assert_int_equal(rotate(fx, 1, 12, T0 + 2, &r), STORE_REUSED);
+    assert_int_equal(rotate(fx, 3, 13, T0 + 20, &r), STORE_EXPIRED);
+    hash_of(2, h);
+    assert_int_equal(fx->drv->session_revoke_token(fx->st, h, T0 + 3, &r), STORE_OK);
+    assert_int_equal(fx->drv->session_revoke_others(fx->st, u.id, NULL, T0 + 4, &n), STORE_OK);
+    assert_int_equal(n, 1);
+
+    db = raw_open(fx);
+    /* Only 32-byte hashes are stored; a's family has one rotated and one current hash. */
+    assert_int_equal(
+        raw_query(db, "SELECT count(*) FROM refresh_tokens WHERE length(hash) <> 32", NULL, 0), 0);
+    snprintf(sql, sizeof(sql),
+             "SELECT group_concat(state, ',') FROM (SELECT state FROM refresh_tokens"
+             " WHERE session_id = '%s' ORDER BY state)",
+             a.id);
+    raw_query(db, sql, buf, sizeof(buf));
+    assert_string_equal(buf, "current,rotated");
+    const struct {
+        const char *id, *reason;
+        int64_t at;
+    } want[] = {{a.id, "reuse", T0 + 2},
+                {b.id, "logout", T0 + 3},
+                {c.id, "expired", T0 + 20},
+                {d.id, "revoked", T0 + 4}};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(sql, sizeof(sql), "SELECT revoke_reason FROM sessions WHERE id = '%s'",
+                 want[i].id);
+        raw_query(db, sql, buf, sizeof(buf));
+        assert_string_equal(buf, want[i].reason);
+        snprintf(sql, sizeof(sql), "SELECT revoked_at FROM sessions WHERE id = '%s'", want[i].id);
+        assert_int_equal(raw_query(db, sql, NULL, 0), want[i].at);
+    }
+    sqlite3_close(db);
+}
+
+/* Rows written by something else (an older authd, a hand edit) are cut to the fields' size. */
+static void sqlite_long_rows_truncated(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session s, g;
+    char sql[256];
+    sqlite3 *db;
+
+    new_user(fx, "victor@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &s);
+    db = raw_open(fx);
+    snprintf(sql, sizeof(sql),
+             "UPDATE sessions SET ip = printf('%%.60c', '1'),"
+             " user_agent = 'a' || replace(printf('%%.300c', 'x'), 'x', char(233))"
+             " WHERE id = '%s'",
+             s.id);
+    raw_exec(db, sql);
+    sqlite3_close(db);
+
+    assert_int_equal(fx->drv->session_get(fx->st, s.id, T0, &g), STORE_OK);
+    assert_int_equal(strlen(g.ip), STORE_IP_MAX);
+    /* 'a' then two-byte characters: 256 bytes would split one, so 255 are kept. */
+    assert_int_equal(strlen(g.user_agent), STORE_UA_MAX - 1);
+    assert_int_equal(g.user_agent[0], 'a');
+    for (int i = 1; i < STORE_UA_MAX - 1; i += 2)
+        assert_memory_equal(g.user_agent + i, "\xc3\xa9", 2);
+}
+
+static void sqlite_session_of_unknown_user(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_session s = {.created_at = T0, .last_used_at = T0};
+    uint8_t h[32];
+
+    snprintf(s.user_id, sizeof(s.user_id), "00000000-0000-4000-8000-000000000000");
+    s.idle_expires_at = T0 + IDLE;
+    s.expires_at = T0 + TTL;
+    hash_of(1, h);
+    assert_int_equal(fx->drv->session_create(fx->st, &s, h), STORE_NOT_FOUND);
+    assert_int_equal(rotate(fx, 1, 2, T0, &s), STORE_NOT_FOUND); /* the token was rolled back */
+}
+
+static enum store_status race_ping(const struct store_driver *drv, struct store *st, int i)
+{
+    return drv->ping(st);
+}
+
+/* Every worker opens with migrations at start-up: many first opens of a new file at once. */
+static void sqlite_concurrent_first_open(void **state)
+{
+    struct fixture *fx = *state;
+    int counts[CHILD_FAILED + 1];
+    sqlite3 *db;
+
+    close_store(fx);
+    sqlite_remove(fx);
+    race(fx, race_ping, 1, counts);
+    assert_int_equal(counts[STORE_OK], NCHILD);
+    db = raw_open(fx);
+    assert_int_equal(raw_query(db, "PRAGMA user_version", NULL, 0), STORE_SQLITE_SCHEMA_VERSION);
+    sqlite3_close(db);
+}
+
+static const struct CMUnitTest sqlite_tests[] = {
+    cmocka_unit_test(sqlite_schema_and_pragmas),
+    cmocka_unit_test(sqlite_migrations_idempotent),
+    cmocka_unit_test(sqlite_newer_version_refused),
+    cmocka_unit_test(sqlite_unmigrated_refused),
+    cmocka_unit_test(sqlite_not_a_database),
+    cmocka_unit_test(sqlite_token_rows_and_reasons),
+    cmocka_unit_test(sqlite_long_rows_truncated),
+    cmocka_unit_test(sqlite_session_of_unknown_user),
+    cmocka_unit_test(sqlite_concurrent_first_open),
+};
+
+/* Every driver the suite runs against. MongoDB joins here, with its own prepare/discard. */
+static const struct backend backends[] = {
+    {"sqlite", sqlite_prepare, sqlite_discard, sqlite_audit_last, sqlite_tests,
+     sizeof(sqlite_tests) / sizeof(sqlite_tests[0])},
+};
+
+/* ---- driver-independent ---- */
+
+static void driver_find(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++) {
+        const struct store_driver *d = store_driver_find(backends[i].driver);
+        assert_non_null(d);
+        assert_string_equal(d->name, backends[i].driver);
+    }
+    assert_ptr_equal(store_driver_find("sqlite"), &store_sqlite_driver);
+    assert_null(store_driver_find("nope"));
+    assert_null(store_driver_find(""));
+    assert_null(store_driver_find(NULL));
+}
+
+static int cmp_ids(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static void uuid_v4(void **state)
+{
+    enum { N = 1000 };
+    static char ids[N][STORE_ID_LEN + 1];
+
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(store_uuid(ids[i]), 0);
+        assert_uuid(ids[i]);
+    }
+    qsort(ids, N, sizeof(ids[0]), cmp_ids);
+    for (int i = 1; i < N; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
+}
+
+int main(void)
+{
+    static const struct CMUnitTest generic[] = {
+        cmocka_unit_test(driver_find),
+        cmocka_unit_test(uuid_v4),
+    };
+    enum { NCOMMON = sizeof(common_tests) / sizeof(common_tests[0]) };
+    int failed = cmocka_run_group_tests_name("store", generic, NULL, NULL);
+
+    for (size_t b = 0; b < sizeof(backends) / sizeof(backends[0]); b++) {
+        const struct backend *be = &backends[b];
+        size_t n = NCOMMON + be->nextra;
+        struct CMUnitTest *tests = calloc(n, sizeof(*tests));
+
+        if (tests == NULL)
+            return 1;
+        for (size_t i = 0; i < n; i++) {
+            if (i < NCOMMON) {
+                tests[i].name = common_tests[i].name;
+                tests[i].test_func = common_tests[i].fn;
+            } else {
+                tests[i] = be->extra[i - NCOMMON];
+            }
+            tests[i].setup_func = setup;
+            tests[i].teardown_func = teardown;
+            tests[i].initial_state = (void *)be;
+        }
+        failed += _cmocka_run_group_tests(be->driver, tests, n, NULL, NULL);
+        free(tests);
+    }
+    return failed;
+}
