@@ -17,6 +17,7 @@
 #include "shared/config.h"
 #include "shared/jwt.h"
 #include "shared/password.h"
+#include "shared/store.h"
 #include "shared/log.h"
 #include "shared/tls.h"
 
@@ -78,6 +79,11 @@ static int check_auth(const struct config *cfg, const char *path)
         if (kr == NULL)
             goto fail;
         jwt_keyring_free(kr);
+    }
+    key = "store.driver";
+    if (store_driver_find(cfg->store.driver) == NULL) {
+        snprintf(err, sizeof(err), "\"%s\" is not built into this authd", cfg->store.driver);
+        goto fail;
     }
     key = "password.blocklist";
     struct password_policy *pol =

@@ -29,20 +29,22 @@ static struct jwt_keyring *ephemeral_keyring(char *err, size_t errlen)
     return kr;
 }
 
+/*
+ * RFC 8414-style metadata of what exists: authd is not an OpenID provider (no ID tokens, no
+ * authorization endpoint), so only the fields that are true are published.
+ */
 static char *render_discovery(const struct config *cfg)
 {
     const char *iss = cfg->tokens.issuer;
-    char jwks[1024], intro[1024], login[1024];
+    char jwks[1024], intro[1024], revoke[1024];
 
     snprintf(jwks, sizeof(jwks), "%s/.well-known/jwks.json", iss);
     snprintf(intro, sizeof(intro), "%s/v1/auth/introspect", iss);
-    snprintf(login, sizeof(login), "%s/v1/auth/login", iss);
-    json_t *d =
-        json_pack("{s:s, s:s, s:s, s:s, s:[s], s:[s,s], s:[s], s:[], s:[s]}", "issuer", iss,
-                  "jwks_uri", jwks, "token_endpoint", login, "introspection_endpoint", intro,
-                  "id_token_signing_alg_values_supported", "ES256", "grant_types_supported",
-                  "password", "refresh_token", "subject_types_supported", "public",
-                  "response_types_supported", "token_endpoint_auth_methods_supported", "none");
+    snprintf(revoke, sizeof(revoke), "%s/v1/auth/logout", iss);
+    json_t *d = json_pack("{s:s, s:s, s:s, s:s, s:[s,s], s:[s]}", "issuer", iss, "jwks_uri", jwks,
+                          "introspection_endpoint", intro, "revocation_endpoint", revoke,
+                          "grant_types_supported", "password", "refresh_token",
+                          "token_endpoint_auth_methods_supported", "none");
     char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
     json_decref(d);
     return text;
@@ -71,11 +73,6 @@ struct auth *auth_new(const struct config *cfg, char *err, size_t errlen)
                                     cfg->password.blocklist, err, errlen);
     if (a->policy == NULL)
         goto fail;
-    if (password_dummy_init(&a->params) < 0) {
-        snprintf(err, errlen, "argon2id with m=%d KiB t=%d p=%d failed", cfg->password.memory_kib,
-                 cfg->password.iterations, cfg->password.parallelism);
-        goto fail;
-    }
     a->store = store_driver_find(cfg->store.driver);
     if (a->store == NULL) {
         snprintf(err, errlen, "store.driver \"%s\" is not built in", cfg->store.driver);
@@ -91,6 +88,12 @@ struct auth *auth_new(const struct config *cfg, char *err, size_t errlen)
     a->discovery_json = render_discovery(cfg);
     if (a->jwks_json == NULL || a->discovery_json == NULL) {
         snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    /* Last: the dummy hash is process-wide, so a reload refused earlier must not change it. */
+    if (password_dummy_init(&a->params) < 0) {
+        snprintf(err, errlen, "argon2id with m=%d KiB t=%d p=%d failed", cfg->password.memory_kib,
+                 cfg->password.iterations, cfg->password.parallelism);
         goto fail;
     }
     return a;

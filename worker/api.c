@@ -32,6 +32,7 @@ enum job_kind {
     J_PASSWORD,
     J_SESSIONS,
     J_SESSION_DELETE,
+    J_READY,
 };
 
 struct job {
@@ -315,7 +316,8 @@ static void work_refresh(struct job *j, struct store *st)
         store_failed(j);
         return;
     } else {
-        audit(j, st, "refresh", "failure", NULL, r == STORE_EXPIRED ? "expired" : "unknown_token");
+        audit(j, st, "refresh", "failure", j->session.user_id[0] ? j->session.user_id : NULL,
+              r == STORE_EXPIRED ? "session_expired_or_revoked" : "unknown_token");
     }
     job_fail(j, 401, "invalid_grant", "The refresh token is invalid, expired or revoked.");
 }
@@ -403,9 +405,11 @@ static void work_password(struct job *j, struct store *st)
     }
     int ok = password_hash(&a->params, normalized, strlen(normalized), phc, sizeof(phc)) == 0;
     wipe_free(normalized, strlen(normalized));
-    if (!ok || a->store->user_set_password(st, j->user.id, phc, j->now) != STORE_OK ||
+    /* Other sessions go first: a failure may leave the old password, never stale sessions. */
+    if (!ok ||
         a->store->session_revoke_others(st, j->user.id, j->session_id, j->now, &revoked) !=
-            STORE_OK) {
+            STORE_OK ||
+        a->store->user_set_password(st, j->user.id, phc, j->now) != STORE_OK) {
         OPENSSL_cleanse(phc, sizeof(phc));
         store_failed(j);
         return;
@@ -450,6 +454,12 @@ static void work_session_delete(struct job *j, struct store *st)
     j->status = 204;
 }
 
+static void work_ready(struct job *j, struct store *st)
+{
+    j->active = auth_of(j)->store->ping(st) == STORE_OK;
+    j->status = 200;
+}
+
 static void job_work(void *arg)
 {
     struct job *j = arg;
@@ -463,11 +473,15 @@ static void job_work(void *arg)
         [J_PASSWORD] = work_password,
         [J_SESSIONS] = work_sessions,
         [J_SESSION_DELETE] = work_session_delete,
+        [J_READY] = work_ready,
     };
     struct store *st = thread_store(j);
 
     if (st == NULL) {
-        store_failed(j);
+        if (j->kind == J_READY)
+            j->status = 200; /* answered as "store": "down" */
+        else
+            store_failed(j);
         return;
     }
     work[j->kind](j, st);
@@ -528,6 +542,18 @@ static json_t *sessions_json(struct job *j)
     return json_pack("{s:o}", "sessions", arr);
 }
 
+static void ready_reply(struct job *j)
+{
+    json_t *checks = json_pack("{s:s, s:s}", "workers", "ok", "store", j->active ? "ok" : "down");
+
+    if (j->active)
+        http_reply_json(j->req, 200, json_pack("{s:s, s:o}", "status", "ready", "checks", checks));
+    else
+        http_reply_json(j->req, 503,
+                        json_pack("{s:s, s:s, s:o}", "error", "not_ready", "message",
+                                  "The user store does not answer.", "checks", checks));
+}
+
 static void job_done(void *arg)
 {
     struct job *j = arg;
@@ -563,6 +589,9 @@ static void job_done(void *arg)
         break;
     case J_SESSIONS:
         http_reply_json(req, 200, sessions_json(j));
+        break;
+    case J_READY:
+        ready_reply(j);
         break;
     case J_LOGOUT:
     case J_PASSWORD:
@@ -926,18 +955,25 @@ void api_me_sessions(struct http_request *req)
 
 void api_me_session_delete(struct http_request *req)
 {
-    const char *prefix = "/v1/me/sessions/";
-    const char *id = req->path + strlen(prefix);
+    const char *id = req->path + strlen("/v1/me/sessions/");
+    struct job *j = bearer_job(req, J_SESSION_DELETE); /* authenticate before looking at the id */
 
-    if (strlen(id) != STORE_ID_LEN) {
-        http_reply_error(req, 404, "not_found", "No such active session.");
-        return;
-    }
-    struct job *j = bearer_job(req, J_SESSION_DELETE);
     if (j == NULL)
         return;
+    if (strlen(id) != STORE_ID_LEN) {
+        http_reply_error(req, 404, "not_found", "No such active session.");
+        job_free(j);
+        return;
+    }
     snprintf(j->refresh_token, sizeof(j->refresh_token), "%s", id);
     submit(j, 0);
+}
+
+void api_readiness(struct http_request *req)
+{
+    struct job *j = job_new(req, J_READY);
+    if (j)
+        submit(j, 0);
 }
 
 void api_jwks(struct http_request *req)

@@ -65,11 +65,11 @@ static void handle_readyz(struct http_request *req)
     int ready;
 
     live_workers(w, &ready);
-    json_t *checks = json_pack("{s:s}", "workers", ready > 0 ? "ok" : "down");
     if (ready > 0 && !w->draining) {
-        http_reply_json(req, 200, json_pack("{s:s, s:o}", "status", "ready", "checks", checks));
+        api_readiness(req); /* the store must answer too */
         return;
     }
+    json_t *checks = json_pack("{s:s}", "workers", ready > 0 ? "ok" : "down");
     http_reply_json(req, 503,
                     json_pack("{s:s, s:s, s:o}", "error", "not_ready", "message",
                               w->draining ? "This worker is draining."
