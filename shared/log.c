@@ -21,6 +21,7 @@
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
 static enum log_level min_level = LOG_INFO;
 static const char *role = "authd";
+static int cached_pid; /* set by log_set_role, which every process calls after it forks */
 static char *log_path;
 static int saved_stderr = -1; /* the original stderr, to return to when log.file is emptied */
 static char buf[BUF_BYTES];
@@ -31,6 +32,7 @@ static pthread_mutex_t buf_lock = PTHREAD_MUTEX_INITIALIZER;
 void log_set_role(const char *r)
 {
     role = r;
+    cached_pid = (int)getpid();
 }
 
 int log_level_parse(const char *name)
@@ -126,41 +128,30 @@ int log_reopen(void)
     return r;
 }
 
-static void timestamp(char *out, size_t n)
+/*
+ * Writes the start of a line, {"ts":...,"level":...,"pid":...,"role":...  (no closing brace).
+ * The date part is formatted once per second per thread.
+ */
+static int envelope(enum log_level level, char *out, size_t n)
 {
+    static __thread time_t stamp_sec = -1;
+    static __thread char stamp[32];
     struct timeval tv;
-    struct tm tm;
 
     gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    size_t len = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + len, n - len, ".%03ldZ", (long)tv.tv_usec / 1000);
+    if (tv.tv_sec != stamp_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+        stamp_sec = tv.tv_sec;
+    }
+    return snprintf(out, n, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"pid\":%d,\"role\":\"%s\"",
+                    stamp, (long)tv.tv_usec / 1000, level_names[level],
+                    cached_pid ? cached_pid : (int)getpid(), role);
 }
 
-void log_json(enum log_level level, json_t *fields, int buffered)
+static void emit(const char *line, size_t n, int buffered)
 {
-    char ts[40];
-    char line[LINE_MAX_BYTES];
-
-    if (level < min_level || fields == NULL) {
-        json_decref(fields);
-        return;
-    }
-    timestamp(ts, sizeof(ts));
-    json_t *o = json_pack("{s:s, s:s, s:i, s:s}", "ts", ts, "level", level_names[level], "pid",
-                          (int)getpid(), "role", role);
-    if (o == NULL) {
-        json_decref(fields);
-        return;
-    }
-    json_object_update(o, fields);
-    json_decref(fields);
-    size_t n = json_dumpb(o, line, sizeof(line) - 1,
-                          JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-    json_decref(o);
-    if (n == 0 || n >= sizeof(line) - 1)
-        return; /* cannot be encoded whole: a truncated JSON line would be worse */
-    line[n++] = '\n';
     pthread_mutex_lock(&buf_lock);
     if (!buffered) {
         flush_locked();
@@ -172,6 +163,48 @@ void log_json(enum log_level level, json_t *fields, int buffered)
         buf_len += n;
     }
     pthread_mutex_unlock(&buf_lock);
+}
+
+void log_json(enum log_level level, json_t *fields, int buffered)
+{
+    char line[LINE_MAX_BYTES];
+
+    if (level < min_level || fields == NULL) {
+        json_decref(fields);
+        return;
+    }
+    size_t n = (size_t)envelope(level, line, sizeof(line));
+    /* The fields object, dumped after the envelope with its opening brace replaced by a comma. */
+    size_t f = json_dumpb(fields, line + n, sizeof(line) - n - 1,
+                          JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+    json_decref(fields);
+    if (f < 2 || n + f >= sizeof(line) - 1)
+        return;   /* cannot be encoded whole: a truncated JSON line would be worse */
+    if (f == 2) { /* {} */
+        line[n++] = '}';
+    } else {
+        line[n] = ',';
+        n += f;
+    }
+    line[n++] = '\n';
+    emit(line, n, buffered);
+}
+
+void log_access(const char *members, size_t len)
+{
+    char line[LINE_MAX_BYTES];
+
+    if (LOG_INFO < min_level)
+        return;
+    size_t n = (size_t)envelope(LOG_INFO, line, sizeof(line));
+    if (n + len + 3 > sizeof(line))
+        return;
+    line[n++] = ',';
+    memcpy(line + n, members, len);
+    n += len;
+    line[n++] = '}';
+    line[n++] = '\n';
+    emit(line, n, 1);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)

@@ -39,4 +39,10 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 void log_json(enum log_level level, json_t *fields, int buffered);
 void log_flush(void);
 
+/*
+ * The access log's fast path: `members` is the inside of a JSON object ("k":v,...) whose
+ * client-controlled strings the caller has already encoded with jansson. Buffered.
+ */
+void log_access(const char *members, size_t len);
+
 #endif

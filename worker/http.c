@@ -437,25 +437,48 @@ void http_add_header(struct http_request *req, const char *name, const char *val
     evbuffer_add_printf(c->resp_headers, "%s: %s\r\n", name, value);
 }
 
-/* A client-controlled string as JSON; bytes that are not UTF-8 must not drop the log line. */
-static json_t *client_string(const char *s)
+/*
+ * Encodes a client-controlled string as a JSON string literal into out (jansson escapes it);
+ * bytes that are not UTF-8 or a value too long for the line must not drop the line.
+ */
+static size_t client_string(const char *s, char *out, size_t n)
 {
-    json_t *j = json_string(s ? s : "-");
-    return j ? j : json_string("(not UTF-8)");
+    size_t len = strlen(s);
+
+    if (len > 1024) { /* cut at a character boundary */
+        len = 1024;
+        while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+            len--;
+    }
+    json_t *j = json_stringn(s, len);
+    size_t w = j ? json_dumpb(j, out, n, JSON_ENCODE_ANY) : 0;
+    json_decref(j);
+    if (w == 0 || w > n) {
+        static const char bad[] = "\"(not UTF-8 or too long)\"";
+        memcpy(out, bad, sizeof(bad) - 1);
+        return sizeof(bad) - 1;
+    }
+    return w;
 }
 
+/* One access-log line. Only path and user agent come from the client: they go through jansson;
+ * the other values are ours (request ids are checked against [A-Za-z0-9._:-]). */
 static void access_log(struct http_conn *c, int status, size_t bytes, int64_t us)
 {
     const char *ua = http_header(&c->req, "user-agent");
-
-    log_json(LOG_INFO,
-             json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:I, s:f, s:o, s:s}", "type", "access",
-                       "request_id", c->request_id[0] ? c->request_id : "-", "remote", c->remote,
-                       "method", c->req.method_name ? c->req.method_name : "-", "path",
-                       client_string(c->req.path), "status", status, "bytes", (json_int_t)bytes,
-                       "duration_ms", us / 1000.0, "user_agent", client_string(ua ? ua : ""),
-                       "listener", c->l->admin ? "admin" : "public"),
-             1);
+    char path[1200], agent[1200], line[3000];
+    size_t pl = client_string(c->req.path ? c->req.path : "-", path, sizeof(path));
+    size_t al = client_string(ua ? ua : "", agent, sizeof(agent));
+    int n =
+        snprintf(line, sizeof(line),
+                 "\"type\":\"access\",\"request_id\":\"%s\",\"remote\":\"%s\",\"method\":\"%s\","
+                 "\"path\":%.*s,\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,"
+                 "\"user_agent\":%.*s,\"listener\":\"%s\"",
+                 c->request_id[0] ? c->request_id : "-", c->remote,
+                 c->req.method_name ? c->req.method_name : "-", (int)pl, path, status, bytes,
+                 (double)us / 1000.0, (int)al, agent, c->l->admin ? "admin" : "public");
+    if (n > 0 && (size_t)n < sizeof(line))
+        log_access(line, (size_t)n);
 }
 
 static void finish_request(struct http_conn *c, int status, size_t bytes, int counted_inflight)
@@ -467,6 +490,7 @@ static void finish_request(struct http_conn *c, int status, size_t bytes, int co
     if (counted_inflight)
         atomic_fetch_sub_explicit(&c->w->hs->inflight, 1, memory_order_relaxed);
     health_count_request(c->w->hs, c->req.route, status, (uint64_t)us);
+    c->w->served++;
     if (c->w->cfg->log.access)
         access_log(c, status, bytes, us);
 }
@@ -481,15 +505,19 @@ static void write_response(struct http_conn *c, int status, const char *ctype, c
     int keep = !c->close_after && !c->w->draining && http_should_keep_alive(&c->parser);
 
     c->close_after = !keep;
+    char head[512];
+    int hn;
+    const char *id = c->request_id[0] ? c->request_id : "-";
     if (status == 204) /* RFC 9110: no content, no Content-Length */
-        evbuffer_add_printf(out, "HTTP/1.1 204 No Content\r\nDate: %s\r\nX-Request-Id: %s\r\n",
-                            date_header(c), c->request_id[0] ? c->request_id : "-");
+        hn = snprintf(head, sizeof(head),
+                      "HTTP/1.1 204 No Content\r\nDate: %s\r\nX-Request-Id: %s\r\n", date_header(c),
+                      id);
     else
-        evbuffer_add_printf(out,
-                            "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: "
-                            "%zu\r\nX-Request-Id: %s\r\n",
-                            status, http_status_text(status), date_header(c), ctype, len,
-                            c->request_id[0] ? c->request_id : "-");
+        hn = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "X-Request-Id: %s\r\n",
+                      status, http_status_text(status), date_header(c), ctype, len, id);
+    evbuffer_add(out, head, hn > 0 && (size_t)hn < sizeof(head) ? (size_t)hn : 0);
     if (!c->l->admin)
         evbuffer_add(out, secure, sizeof(secure) - 1);
     if (c->resp_headers)

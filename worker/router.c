@@ -30,8 +30,11 @@ static struct worker *worker_of(struct http_request *req)
     return http_worker(req);
 }
 
-/* Live workers: those whose heartbeat is younger than the configured timeout. */
-static int live_workers(struct worker *w, int *ready_current_r)
+/*
+ * Counts live workers (heartbeat younger than the timeout) and ready ones of the current
+ * generation into w. Called on every heartbeat, so /healthz and /readyz read two integers.
+ */
+void router_refresh_health(struct worker *w)
 {
     int64_t now = health_now_mono_ms();
     int64_t timeout_ms = (int64_t)(w->cfg->supervisor.heartbeat_timeout * 1000);
@@ -40,6 +43,8 @@ static int live_workers(struct worker *w, int *ready_current_r)
 
     for (int i = 0; i < HEALTH_SLOTS; i++) {
         struct health_ident id;
+        if (!atomic_load_explicit(&w->health->slot[i].used, memory_order_relaxed))
+            continue;
         health_slot_ident(w->health, i, &id);
         if (id.state == SLOT_FREE || now - id.heartbeat_ms > timeout_ms)
             continue;
@@ -47,24 +52,24 @@ static int live_workers(struct worker *w, int *ready_current_r)
         if (id.state == SLOT_READY && id.generation == gen)
             ready++;
     }
-    *ready_current_r = ready;
-    return live;
+    w->live_workers = live;
+    w->ready_workers = ready;
 }
 
 static void handle_healthz(struct http_request *req)
 {
-    int ready;
-    int live = live_workers(worker_of(req), &ready);
+    char body[64];
+    int n = snprintf(body, sizeof(body), "{\"status\":\"ok\",\"workers\":%d}",
+                     worker_of(req)->live_workers);
 
-    http_reply_json(req, 200, json_pack("{s:s, s:i}", "status", "ok", "workers", live));
+    http_reply(req, 200, "application/json", body, (size_t)n);
 }
 
 static void handle_readyz(struct http_request *req)
 {
     struct worker *w = worker_of(req);
-    int ready;
+    int ready = w->ready_workers;
 
-    live_workers(w, &ready);
     if (ready > 0 && !w->draining) {
         api_readiness(req); /* the store must answer too */
         return;

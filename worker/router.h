@@ -9,4 +9,8 @@
 
 void router_dispatch(struct http_request *req);
 
+struct worker;
+/* Recomputes the live/ready worker counts /healthz and /readyz answer with (per heartbeat). */
+void router_refresh_health(struct worker *w);
+
 #endif

@@ -2,6 +2,7 @@
 #include "worker/worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <openssl/rand.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "shared/log.h"
 #include "worker/http.h"
 #include "worker/offload.h"
+#include "worker/router.h"
 
 static const struct timeval *seconds_tv(double s, struct timeval *tv)
 {
@@ -75,6 +77,13 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
 
+    router_refresh_health(w);
+    /* Idle after traffic: hand freed heap back to the kernel (glibc keeps it otherwise). */
+    if (w->served == w->served_at_beat && w->served != w->served_at_trim) {
+        malloc_trim(0);
+        w->served_at_trim = w->served;
+    }
+    w->served_at_beat = w->served;
     health_slot_beat(w->health, w->slot, health_now_mono_ms(), health_self_rss());
     atomic_store_explicit(&w->hs->offload_queued,
                           offload_pending(w->offload) + offload_pending(w->store_pool),
@@ -231,6 +240,7 @@ int worker_main(const struct config *cfg, SSL_CTX *ssl, const struct auth *auth,
         goto out;
     }
     health_slot_state(h, slot, SLOT_READY);
+    router_refresh_health(&w);
     log_debug("worker ready in slot %d, generation %u", slot, atomic_load(&w.hs->generation));
     event_base_dispatch(w.base);
     log_debug("worker in slot %d drained", slot);

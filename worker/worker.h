@@ -45,6 +45,8 @@ struct worker {
     int draining;
     struct event *ev_term, *ev_usr1, *heartbeat, *drain_deadline;
     uint64_t request_seq;
+    uint64_t served, served_at_beat, served_at_trim; /* requests answered, for malloc_trim */
+    int live_workers, ready_workers;                 /* from the health segment, per heartbeat */
     char id_prefix[9];
 };
 
