@@ -37,12 +37,12 @@ void health_destroy(struct health *h)
         munmap(h, sizeof(*h));
 }
 
-static void ident_begin(struct health_slot *s)
+static void ident_begin(struct health_ident_slot *s)
 {
     atomic_fetch_add_explicit(&s->seq, 1, memory_order_acq_rel);
 }
 
-static void ident_end(struct health_slot *s)
+static void ident_end(struct health_ident_slot *s)
 {
     atomic_fetch_add_explicit(&s->seq, 1, memory_order_release);
 }
@@ -52,7 +52,7 @@ int health_slot_claim(struct health *h, unsigned generation, int64_t now_mono_ms
     /* Prefer slots that were used before, so the segment's touched pages stay few. */
     int pick = -1;
     for (int i = 0; i < HEALTH_SLOTS; i++) {
-        struct health_slot *s = &h->slot[i];
+        struct health_ident_slot *s = &h->ident[i];
         if (atomic_load(&s->state) != SLOT_FREE)
             continue;
         if (atomic_load(&s->used) || pick < 0) {
@@ -63,7 +63,8 @@ int health_slot_claim(struct health *h, unsigned generation, int64_t now_mono_ms
     }
     if (pick < 0)
         return -1;
-    struct health_slot *s = &h->slot[pick];
+    struct health_ident_slot *s = &h->ident[pick];
+    struct health_slot *c = &h->slot[pick];
     ident_begin(s);
     atomic_store(&s->pid, 0);
     atomic_store(&s->generation, generation);
@@ -73,17 +74,17 @@ int health_slot_claim(struct health *h, unsigned generation, int64_t now_mono_ms
     atomic_store(&s->used, 1);
     ident_end(s);
     /* Gauges belong to the process, not the slot. */
-    atomic_store(&s->connections, 0);
-    atomic_store(&s->inflight, 0);
-    atomic_store(&s->rss_bytes, 0);
-    atomic_store(&s->offload_queued, 0);
+    atomic_store(&c->connections, 0);
+    atomic_store(&c->inflight, 0);
+    atomic_store(&c->rss_bytes, 0);
+    atomic_store(&c->offload_queued, 0);
     return pick;
 }
 
 /* Called by the worker itself, so a slot's identity has one writer while the worker lives. */
 void health_slot_set_pid(struct health *h, int slot, pid_t pid)
 {
-    struct health_slot *s = &h->slot[slot];
+    struct health_ident_slot *s = &h->ident[slot];
     ident_begin(s);
     atomic_store(&s->pid, (int)pid);
     ident_end(s);
@@ -91,20 +92,21 @@ void health_slot_set_pid(struct health *h, int slot, pid_t pid)
 
 void health_slot_release(struct health *h, int slot)
 {
-    struct health_slot *s = &h->slot[slot];
+    struct health_ident_slot *s = &h->ident[slot];
+    struct health_slot *c = &h->slot[slot];
     ident_begin(s);
     atomic_store(&s->pid, 0);
     atomic_store(&s->state, SLOT_FREE);
     ident_end(s);
-    atomic_store(&s->connections, 0);
-    atomic_store(&s->inflight, 0);
-    atomic_store(&s->rss_bytes, 0);
-    atomic_store(&s->offload_queued, 0);
+    atomic_store(&c->connections, 0);
+    atomic_store(&c->inflight, 0);
+    atomic_store(&c->rss_bytes, 0);
+    atomic_store(&c->offload_queued, 0);
 }
 
 void health_slot_state(struct health *h, int slot, enum health_state state)
 {
-    struct health_slot *s = &h->slot[slot];
+    struct health_ident_slot *s = &h->ident[slot];
     ident_begin(s);
     atomic_store(&s->state, state);
     ident_end(s);
@@ -112,10 +114,9 @@ void health_slot_state(struct health *h, int slot, enum health_state state)
 
 void health_slot_beat(struct health *h, int slot, int64_t now_mono_ms, long rss_bytes)
 {
-    struct health_slot *s = &h->slot[slot];
-    atomic_store_explicit(&s->heartbeat_ms, now_mono_ms, memory_order_release);
+    atomic_store_explicit(&h->ident[slot].heartbeat_ms, now_mono_ms, memory_order_release);
     if (rss_bytes >= 0)
-        atomic_store_explicit(&s->rss_bytes, rss_bytes, memory_order_relaxed);
+        atomic_store_explicit(&h->slot[slot].rss_bytes, rss_bytes, memory_order_relaxed);
 }
 
 int health_status_index(int status)
@@ -144,7 +145,7 @@ void health_count_request(struct health_slot *s, enum route_id route, int status
 
 void health_slot_ident(const struct health *h, int slot, struct health_ident *out)
 {
-    const struct health_slot *s = &h->slot[slot];
+    const struct health_ident_slot *s = &h->ident[slot];
     unsigned before, after;
     int tries = 0;
 
@@ -157,6 +158,11 @@ void health_slot_ident(const struct health *h, int slot, struct health_ident *ou
         out->heartbeat_ms = atomic_load(&s->heartbeat_ms);
         after = atomic_load_explicit(&s->seq, memory_order_acquire);
     } while ((before != after || (before & 1)) && ++tries < 1000);
+}
+
+int health_slot_used(const struct health *h, int slot)
+{
+    return (int)atomic_load_explicit(&h->ident[slot].used, memory_order_relaxed);
 }
 
 int64_t health_now_mono_ms(void)

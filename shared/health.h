@@ -19,7 +19,7 @@
 #include "shared/route.h"
 
 #define HEALTH_MAGIC   0x61757468u /* "auth" */
-#define HEALTH_VERSION 1u
+#define HEALTH_VERSION 2u
 #define HEALTH_SLOTS   128 /* two generations of CONFIG_MAX_WORKERS during a reload */
 
 enum health_state {
@@ -36,7 +36,12 @@ enum health_state {
 extern const uint32_t health_bucket_us[HEALTH_BUCKETS - 1];
 extern const int health_status_codes[HEALTH_STATUSES - 1];
 
-struct health_slot {
+/*
+ * Who holds a slot. Kept apart from the counters, densely, so that readers that only need
+ * identities (every worker's /healthz bookkeeping, the watchdog) touch two pages, not one page
+ * per slot of the large counter array.
+ */
+struct health_ident_slot {
     _Alignas(64) atomic_uint seq; /* odd while identity fields change */
     atomic_int pid;
     atomic_uint generation;
@@ -44,8 +49,11 @@ struct health_slot {
     atomic_llong started_ms;   /* wall clock, for display */
     atomic_llong heartbeat_ms; /* monotonic clock */
     atomic_uint used;          /* ever held a worker: its counters count */
+};
 
-    atomic_llong connections; /* open now */
+/* What a worker counts; written by the slot's worker only. */
+struct health_slot {
+    _Alignas(64) atomic_llong connections; /* open now */
     atomic_ullong connections_total;
     atomic_ullong accept_paused_total; /* stopped accepting at http.max_connections */
     atomic_llong inflight;
@@ -72,6 +80,7 @@ struct health {
     atomic_ullong reload_failures_total;
     atomic_ullong worker_restarts_total;
     atomic_llong master_rss_bytes;
+    struct health_ident_slot ident[HEALTH_SLOTS];
     struct health_slot slot[HEALTH_SLOTS];
 };
 
@@ -102,6 +111,9 @@ struct health_ident {
     int64_t heartbeat_ms;
 };
 void health_slot_ident(const struct health *h, int slot, struct health_ident *out);
+
+/* True when slot `i` ever held a worker (its counters count toward the totals). */
+int health_slot_used(const struct health *h, int slot);
 
 /* Time helpers shared by everything that reads the segment. */
 int64_t health_now_mono_ms(void);

@@ -34,9 +34,9 @@ static void sum_slots(const struct health *h, struct totals *t)
 {
     for (int i = 0; i < HEALTH_SLOTS; i++) {
         const struct health_slot *s = &h->slot[i];
-        if (!LOAD(s->used))
+        if (!health_slot_used(h, i))
             continue;
-        unsigned st = LOAD(s->state);
+        unsigned st = LOAD(h->ident[i].state);
         if (st < 4)
             t->workers[st]++;
         for (int r = 0; r < ROUTE_COUNT; r++)

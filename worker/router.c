@@ -43,7 +43,7 @@ void router_refresh_health(struct worker *w)
 
     for (int i = 0; i < HEALTH_SLOTS; i++) {
         struct health_ident id;
-        if (!atomic_load_explicit(&w->health->slot[i].used, memory_order_relaxed))
+        if (!health_slot_used(w->health, i))
             continue;
         health_slot_ident(w->health, i, &id);
         if (id.state == SLOT_FREE || now - id.heartbeat_ms > timeout_ms)

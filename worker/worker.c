@@ -241,7 +241,8 @@ int worker_main(const struct config *cfg, SSL_CTX *ssl, const struct auth *auth,
     }
     health_slot_state(h, slot, SLOT_READY);
     router_refresh_health(&w);
-    log_debug("worker ready in slot %d, generation %u", slot, atomic_load(&w.hs->generation));
+    log_debug("worker ready in slot %d, generation %u", slot,
+              atomic_load(&h->ident[slot].generation));
     event_base_dispatch(w.base);
     log_debug("worker in slot %d drained", slot);
 out:

@@ -76,9 +76,9 @@ static void create_is_zeroed(void **state)
     assert_int_equal(atomic_load(&h->worker_restarts_total), 0);
     for (int i = 0; i < HEALTH_SLOTS; i++) {
         const struct health_slot *s = &h->slot[i];
-        assert_int_equal(atomic_load(&s->state), SLOT_FREE);
-        assert_int_equal(atomic_load(&s->used), 0);
-        assert_int_equal(atomic_load(&s->pid), 0);
+        assert_int_equal(atomic_load(&h->ident[i].state), SLOT_FREE);
+        assert_int_equal(atomic_load(&h->ident[i].used), 0);
+        assert_int_equal(atomic_load(&h->ident[i].pid), 0);
         assert_int_equal(atomic_load(&s->latency_sum_us), 0);
         for (int b = 0; b < HEALTH_BUCKETS; b++)
             assert_int_equal(atomic_load(&s->latency_bucket[b]), 0);
@@ -89,6 +89,8 @@ static void create_is_zeroed(void **state)
     /* Slots are cache-line aligned so workers never share a line. */
     assert_int_equal(((uintptr_t)&h->slot[0]) % 64, 0);
     assert_int_equal(((uintptr_t)&h->slot[1]) % 64, 0);
+    assert_int_equal(((uintptr_t)&h->ident[1]) % 64, 0);
+    assert_int_equal(sizeof(h->ident[0]), 64);
 }
 
 static void claim_distinct_slots(void **state)
@@ -157,7 +159,7 @@ static void set_pid_ident_roundtrip(void **state)
     health_slot_ident(h, s, &id);
     assert_int_equal(id.state, SLOT_DRAINING);
     /* Every identity change left the sequence counter even (no writer in progress). */
-    assert_int_equal(atomic_load(&h->slot[s].seq) % 2, 0);
+    assert_int_equal(atomic_load(&h->ident[s].seq) % 2, 0);
 }
 
 static void release_frees_slot(void **state)
@@ -201,7 +203,7 @@ static void claim_prefers_used_slot(void **state)
      * A used free slot after never-used free ones still wins (as in a segment inherited with
      * holes): simulate it by marking slot 40 used and giving it counts.
      */
-    atomic_store(&h->slot[40].used, 1);
+    atomic_store(&h->ident[40].used, 1);
     health_count_request(&h->slot[40], ROUTE_HEALTHZ, 200, 50);
     assert_int_equal(health_slot_claim(h, 4, 0), 40);
     assert_int_equal(atomic_load(&h->slot[40].requests[ROUTE_HEALTHZ][0]), 1);
