@@ -232,6 +232,10 @@ int worker_main(const struct config *cfg, SSL_CTX *ssl, const struct auth *auth,
     prctl(PR_SET_PDEATHSIG, SIGTERM); /* a master killed with SIGKILL must not leave us behind */
     if (getppid() != atomic_load(&h->master_pid))
         return 0; /* it died before prctl took effect */
+    /* One malloc arena: argon2id's scratch memory (password.memory_kib per hash) freed by a pool
+     * thread then sits in the main arena, whose top malloc_trim can return when the worker goes
+     * idle; glibc never shrinks the top of a per-thread arena. */
+    mallopt(M_ARENA_MAX, 1);
     TAILQ_INIT(&w.conns);
     health_slot_set_pid(h, slot, getpid());
     health_slot_beat(h, slot, health_now_mono_ms(), -1);
