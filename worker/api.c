@@ -744,6 +744,53 @@ static int refresh_field(struct http_request *req, json_t *o, struct job *j)
     return 0;
 }
 
+/*
+ * Verified-token cache (event loop only). ECDSA verification is most of the CPU of a token
+ * check, and resource servers present the same token many times. A token string's signature
+ * and claims cannot change while this worker's key ring is fixed (a new ring means a new worker
+ * generation), so a token verified once is remembered by the SHA-256 of its text until its
+ * exp + leeway. Session state is not cached: every request still asks the store.
+ */
+#define TOKEN_CACHE_SLOTS 512
+
+static struct {
+    unsigned char key[32];
+    int64_t valid_until;
+    json_t *claims;
+} token_cache[TOKEN_CACHE_SLOTS];
+
+static enum jwt_error verify_token(struct worker *w, const char *token, json_t **claims_r)
+{
+    unsigned char key[32];
+    int64_t now = (int64_t)time(NULL);
+
+    SHA256((const unsigned char *)token, strlen(token), key);
+    unsigned idx = ((unsigned)key[0] << 8 | key[1]) % TOKEN_CACHE_SLOTS;
+    if (token_cache[idx].claims != NULL && now <= token_cache[idx].valid_until &&
+        memcmp(token_cache[idx].key, key, sizeof(key)) == 0) {
+        *claims_r = json_incref(token_cache[idx].claims);
+        return JWT_OK;
+    }
+    enum jwt_error e = jwt_verify(w->auth->keys, token, w->cfg->tokens.issuer,
+                                  w->cfg->tokens.audience, now, w->cfg->tokens.leeway, claims_r);
+    if (e == JWT_OK) {
+        json_decref(token_cache[idx].claims);
+        memcpy(token_cache[idx].key, key, sizeof(key));
+        token_cache[idx].valid_until =
+            json_integer_value(json_object_get(*claims_r, "exp")) + w->cfg->tokens.leeway;
+        token_cache[idx].claims = json_incref(*claims_r);
+    }
+    return e;
+}
+
+void api_cache_clear(void)
+{
+    for (int i = 0; i < TOKEN_CACHE_SLOTS; i++) {
+        json_decref(token_cache[i].claims);
+        token_cache[i].claims = NULL;
+    }
+}
+
 /* Verifies the bearer access token; on failure answers 401 and returns NULL. */
 static json_t *bearer(struct http_request *req)
 {
@@ -752,8 +799,7 @@ static json_t *bearer(struct http_request *req)
     json_t *claims = NULL;
 
     if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0 && strlen(h + 7) <= MAX_TOKEN_LEN &&
-        jwt_verify(w->auth->keys, h + 7, w->cfg->tokens.issuer, w->cfg->tokens.audience,
-                   (int64_t)time(NULL), w->cfg->tokens.leeway, &claims) == JWT_OK)
+        verify_token(w, h + 7, &claims) == JWT_OK)
         return claims;
     http_add_header(req, "WWW-Authenticate",
                     h ? "Bearer error=\"invalid_token\"" : "Bearer realm=\"authd\"");
@@ -890,9 +936,7 @@ void api_introspect(struct http_request *req)
         json_decref(o);
         return;
     }
-    enum jwt_error e =
-        jwt_verify(w->auth->keys, token, w->cfg->tokens.issuer, w->cfg->tokens.audience,
-                   (int64_t)time(NULL), w->cfg->tokens.leeway, &claims);
+    enum jwt_error e = verify_token(w, token, &claims);
     json_decref(o);
     if (e != JWT_OK) {
         http_reply_json(req, 200, json_pack("{s:b}", "active", 0));

@@ -22,6 +22,8 @@ void api_me_password(struct http_request *req);
 void api_me_sessions(struct http_request *req);
 void api_me_session_delete(struct http_request *req);
 void api_jwks(struct http_request *req);
+/* Frees the verified-token cache (worker exit). */
+void api_cache_clear(void);
 /* /readyz once the workers are ready: pings the store on the store pool. */
 void api_readiness(struct http_request *req);
 void api_discovery(struct http_request *req);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "shared/log.h"
+#include "worker/api.h"
 #include "worker/http.h"
 #include "worker/offload.h"
 #include "worker/router.h"
@@ -205,6 +206,7 @@ static void worker_teardown(struct worker *w)
     http_close_all(w);
     offload_free(w->offload); /* runs pending completions, which free their connections */
     offload_free(w->store_pool);
+    api_cache_clear();
     for (int i = 0; i < 2; i++)
         if (w->listeners[i].l)
             evconnlistener_free(w->listeners[i].l);
