@@ -24,6 +24,8 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
+#include "shared/error.h"
+
 #define JWT_MAX_TOKEN   8192
 #define B64URL_ALPHABET "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 #define B64_MAX_INPUT   (1 << 28) /* EVP_EncodeBlock/EVP_DecodeBlock take an int */
@@ -44,20 +46,6 @@ struct jwt_keyring {
     struct jwt_key keys[];
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* "<what>(<file>): <first OpenSSL reason>"; empties the thread's OpenSSL error queue. */
 static void openssl_err(char *err, size_t errlen, const char *what, const char *file)
 {
@@ -67,7 +55,7 @@ static void openssl_err(char *err, size_t errlen, const char *what, const char *
     if (e != 0)
         ERR_error_string_n(e, reason, sizeof(reason));
     ERR_clear_error();
-    set_err(err, errlen, "%s(%s): %s", what, file, reason);
+    error_set(err, errlen, "%s(%s): %s", what, file, reason);
 }
 
 /* ---- base64url ---- */
@@ -220,11 +208,11 @@ static EVP_PKEY *load_p256(const char *path, char *err, size_t errlen)
     FILE *fp = path != NULL ? fopen(path, "re") : NULL;
 
     if (path == NULL) {
-        set_err(err, errlen, "jwt: key path missing");
+        error_set(err, errlen, "jwt: key path missing");
         return NULL;
     }
     if (fp == NULL) {
-        set_err(err, errlen, "open(%s): %s", path, strerror(errno));
+        error_set(err, errlen, "open(%s): %s", path, strerror(errno));
         return NULL;
     }
     pkey = PEM_read_PrivateKey(fp, NULL, no_passphrase, NULL);
@@ -235,7 +223,7 @@ static EVP_PKEY *load_p256(const char *path, char *err, size_t errlen)
     }
     if (!is_p256(pkey)) {
         ERR_clear_error();
-        set_err(err, errlen, "%s: not an EC P-256 private key (ES256 needs P-256)", path);
+        error_set(err, errlen, "%s: not an EC P-256 private key (ES256 needs P-256)", path);
         EVP_PKEY_free(pkey);
         return NULL;
     }
@@ -248,12 +236,12 @@ struct jwt_keyring *jwt_keyring_load(char *const *paths, int n, char *err, size_
     EVP_PKEY *pkey;
 
     if (paths == NULL || n < 1 || (size_t)n > (SIZE_MAX - sizeof(*kr)) / sizeof(struct jwt_key)) {
-        set_err(err, errlen, "jwt: need at least one signing key");
+        error_set(err, errlen, "jwt: need at least one signing key");
         return NULL;
     }
     kr = calloc(1, sizeof(*kr) + (size_t)n * sizeof(struct jwt_key));
     if (kr == NULL) {
-        set_err(err, errlen, "jwt: out of memory");
+        error_set(err, errlen, "jwt: out of memory");
         return NULL;
     }
     for (int i = 0; i < n; i++) {
@@ -268,8 +256,8 @@ struct jwt_keyring *jwt_keyring_load(char *const *paths, int n, char *err, size_
         kr->n = i + 1;
         for (int j = 0; j < i; j++) {
             if (strcmp(kr->keys[j].kid, kr->keys[i].kid) == 0) {
-                set_err(err, errlen, "%s: duplicate key (same kid %s as %s)", paths[i],
-                        kr->keys[i].kid, paths[j]);
+                error_set(err, errlen, "%s: duplicate key (same kid %s as %s)", paths[i],
+                          kr->keys[i].kid, paths[j]);
                 goto fail;
             }
         }
@@ -328,7 +316,7 @@ int jwt_key_generate(const char *path, char *err, size_t errlen)
     int fd, created = 0, ret = -1;
 
     if (path == NULL || *path == '\0') {
-        set_err(err, errlen, "jwt_key_generate: empty path");
+        error_set(err, errlen, "jwt_key_generate: empty path");
         return -1;
     }
     pkey = EVP_EC_gen("P-256");
@@ -338,13 +326,13 @@ int jwt_key_generate(const char *path, char *err, size_t errlen)
     }
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        set_err(err, errlen, "open(%s): %s", path, strerror(errno));
+        error_set(err, errlen, "open(%s): %s", path, strerror(errno));
         goto out;
     }
     created = 1;
     /* The umask may have cleared the owner bits; the mode is exactly 0600 either way. */
     if (fchmod(fd, 0600) != 0 || (fp = fdopen(fd, "w")) == NULL) {
-        set_err(err, errlen, "fchmod/fdopen(%s): %s", path, strerror(errno));
+        error_set(err, errlen, "fchmod/fdopen(%s): %s", path, strerror(errno));
         close(fd);
         goto out;
     }
@@ -353,13 +341,13 @@ int jwt_key_generate(const char *path, char *err, size_t errlen)
         goto out;
     }
     if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) {
-        set_err(err, errlen, "write(%s): %s", path, strerror(errno));
+        error_set(err, errlen, "write(%s): %s", path, strerror(errno));
         goto out;
     }
     ret = fclose(fp) == 0 ? 0 : -1;
     fp = NULL;
     if (ret != 0)
-        set_err(err, errlen, "close(%s): %s", path, strerror(errno));
+        error_set(err, errlen, "close(%s): %s", path, strerror(errno));
 out:
     if (fp != NULL)
         fclose(fp);

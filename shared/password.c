@@ -18,6 +18,8 @@
 #include <uninorm.h>
 #include <unistr.h>
 
+#include "shared/error.h"
+
 #include "shared/password.h"
 
 #define SALT_LEN      16
@@ -288,20 +290,6 @@ char *password_normalize(const char *password, size_t len, size_t *outlen_r)
 
 /* ---- blocklist ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -372,19 +360,19 @@ static int blocklist_load(struct password_policy *pol, const char *file, char *e
     int rc = -1;
 
     if (f == NULL) {
-        set_err(err, errlen, "password blocklist: open(%s): %s", file, strerror(errno));
+        error_set(err, errlen, "password blocklist: open(%s): %s", file, strerror(errno));
         return -1;
     }
     while ((n = getline(&line, &linecap, f)) >= 0) {
         if (n > 0 && line[n - 1] == '\n')
             line[--n] = '\0';
         if (blocklist_line(pol, &cap, line, (size_t)n) < 0) {
-            set_err(err, errlen, "password blocklist: %s: %s", file, strerror(ENOMEM));
+            error_set(err, errlen, "password blocklist: %s: %s", file, strerror(ENOMEM));
             goto out;
         }
     }
     if (ferror(f)) {
-        set_err(err, errlen, "password blocklist: read(%s): %s", file, strerror(errno));
+        error_set(err, errlen, "password blocklist: read(%s): %s", file, strerror(errno));
         goto out;
     }
     blocklist_sort(pol);
@@ -409,14 +397,14 @@ struct password_policy *password_policy_new(int min_len, int max_len, const char
     struct password_policy *pol;
 
     if (min_len < 1 || max_len < 64 || max_len > MAX_LEN_LIMIT || min_len > max_len) {
-        set_err(err, errlen,
-                "password policy: lengths must satisfy 1 <= min (%d) <= max (%d), "
-                "64 <= max <= %d",
-                min_len, max_len, MAX_LEN_LIMIT);
+        error_set(err, errlen,
+                  "password policy: lengths must satisfy 1 <= min (%d) <= max (%d), "
+                  "64 <= max <= %d",
+                  min_len, max_len, MAX_LEN_LIMIT);
         return NULL;
     }
     if ((pol = calloc(1, sizeof(*pol))) == NULL) {
-        set_err(err, errlen, "password policy: %s", strerror(ENOMEM));
+        error_set(err, errlen, "password policy: %s", strerror(ENOMEM));
         return NULL;
     }
     pol->min_len = min_len;

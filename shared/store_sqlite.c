@@ -21,6 +21,7 @@
 
 #include <sqlite3.h>
 
+#include "shared/error.h"
 #include "shared/log.h"
 
 #define BUSY_TIMEOUT_MS 5000
@@ -187,20 +188,6 @@ static size_t utf8_cut(const char *s, size_t len, size_t max)
 
 /* ---- statements ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void log_step(struct store *st, enum stmt s)
 {
     log_error("sqlite3_step(%s): %s", sql_defs[s].name, sqlite3_errmsg(st->db));
@@ -329,12 +316,12 @@ static int create_private(const char *path, char *err, size_t errlen)
     if (stat(path, &sb) == 0)
         return 0;
     if (errno != ENOENT) {
-        set_err(err, errlen, "stat(%s): %s", path, strerror(errno));
+        error_set(err, errlen, "stat(%s): %s", path, strerror(errno));
         return -1;
     }
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) {
-        set_err(err, errlen, "open(%s): %s", path, strerror(errno));
+        error_set(err, errlen, "open(%s): %s", path, strerror(errno));
         return -1;
     }
     if (fd >= 0)
@@ -349,7 +336,7 @@ static int exec_sql(sqlite3 *db, const char *path, const char *what, const char 
 
     if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK)
         return 0;
-    set_err(err, errlen, "%s: %s: %s", path, what, msg != NULL ? msg : sqlite3_errmsg(db));
+    error_set(err, errlen, "%s: %s: %s", path, what, msg != NULL ? msg : sqlite3_errmsg(db));
     sqlite3_free(msg);
     return -1;
 }
@@ -374,7 +361,7 @@ static int query_one(sqlite3 *db, const char *path, const char *sql, char *text,
         rc = SQLITE_ERROR;
     }
     if (rc != SQLITE_OK)
-        set_err(err, errlen, "%s: %s: %s", path, sql, sqlite3_errmsg(db));
+        error_set(err, errlen, "%s: %s: %s", path, sql, sqlite3_errmsg(db));
     sqlite3_finalize(q);
     return rc;
 }
@@ -402,7 +389,7 @@ static int set_wal(sqlite3 *db, const char *path, char *err, size_t errlen)
     if (rc != SQLITE_OK)
         return -1;
     if (strcmp(mode, "wal") != 0) {
-        set_err(err, errlen, "%s: journal_mode is \"%s\", not \"wal\"", path, mode);
+        error_set(err, errlen, "%s: journal_mode is \"%s\", not \"wal\"", path, mode);
         return -1;
     }
     return 0;
@@ -422,14 +409,14 @@ static int schema_version(sqlite3 *db, const char *path, int64_t *v, char *err, 
     if (query_one(db, path, "PRAGMA user_version", NULL, 0, v, err, errlen) != SQLITE_OK)
         return -1;
     if (*v > STORE_SQLITE_SCHEMA_VERSION) {
-        set_err(err, errlen,
-                "%s: schema version %lld is newer than this authd knows (%d); "
-                "run a newer authd or restore a backup",
-                path, (long long)*v, STORE_SQLITE_SCHEMA_VERSION);
+        error_set(err, errlen,
+                  "%s: schema version %lld is newer than this authd knows (%d); "
+                  "run a newer authd or restore a backup",
+                  path, (long long)*v, STORE_SQLITE_SCHEMA_VERSION);
         return -1;
     }
     if (*v < 0) {
-        set_err(err, errlen, "%s: invalid schema version %lld", path, (long long)*v);
+        error_set(err, errlen, "%s: invalid schema version %lld", path, (long long)*v);
         return -1;
     }
     return 0;
@@ -471,8 +458,8 @@ static int schema_ready(sqlite3 *db, const char *path, int do_migrate, char *err
         return 0;
     if (do_migrate)
         return migrate(db, path, err, errlen);
-    set_err(err, errlen, "%s: schema version %lld, this authd needs %d: migrations have not run",
-            path, (long long)v, STORE_SQLITE_SCHEMA_VERSION);
+    error_set(err, errlen, "%s: schema version %lld, this authd needs %d: migrations have not run",
+              path, (long long)v, STORE_SQLITE_SCHEMA_VERSION);
     return -1;
 }
 
@@ -495,15 +482,15 @@ static struct store *sqlite_open(const struct config *cfg, int do_migrate, char 
     int rc;
 
     if (path == NULL || path[0] == '\0') {
-        set_err(err, errlen, "store.path is empty");
+        error_set(err, errlen, "store.path is empty");
         return NULL;
     }
     if (create_private(path, err, errlen) < 0)
         return NULL;
     rc = sqlite3_open_v2(path, &db, OPEN_FLAGS, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "sqlite3_open_v2(%s): %s", path,
-                db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        error_set(err, errlen, "sqlite3_open_v2(%s): %s", path,
+                  db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         goto fail;
     }
     sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
@@ -512,7 +499,7 @@ static struct store *sqlite_open(const struct config *cfg, int do_migrate, char 
         goto fail;
     st = calloc(1, sizeof(*st));
     if (st == NULL) {
-        set_err(err, errlen, "%s: out of memory", path);
+        error_set(err, errlen, "%s: out of memory", path);
         goto fail;
     }
     st->db = db;
@@ -520,8 +507,8 @@ static struct store *sqlite_open(const struct config *cfg, int do_migrate, char 
         rc = sqlite3_prepare_v3(db, sql_defs[i].sql, -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i],
                                 NULL);
         if (rc != SQLITE_OK) {
-            set_err(err, errlen, "%s: sqlite3_prepare(%s): %s", path, sql_defs[i].name,
-                    sqlite3_errmsg(db));
+            error_set(err, errlen, "%s: sqlite3_prepare(%s): %s", path, sql_defs[i].name,
+                      sqlite3_errmsg(db));
             sqlite_close(st);
             return NULL;
         }
