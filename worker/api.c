@@ -815,11 +815,9 @@ static void copy_claim(json_t *claims, const char *name, char *out, size_t outle
     snprintf(out, outlen, "%s", v && strlen(v) < outlen ? v : "");
 }
 
-static struct job *bearer_job(struct http_request *req, enum job_kind kind)
+/* A job for verified `claims` (stolen): the user and session they name. NULL on OOM (answered). */
+static struct job *claims_job(struct http_request *req, enum job_kind kind, json_t *claims)
 {
-    json_t *claims = bearer(req);
-    if (claims == NULL)
-        return NULL;
     struct job *j = job_new(req, kind);
     if (j == NULL) {
         json_decref(claims);
@@ -829,6 +827,13 @@ static struct job *bearer_job(struct http_request *req, enum job_kind kind)
     copy_claim(claims, "sub", j->user_id, sizeof(j->user_id));
     copy_claim(claims, "sid", j->session_id, sizeof(j->session_id));
     return j;
+}
+
+/* Verifies the bearer token (answering 401 when it fails) and makes a job for its claims. */
+static struct job *bearer_job(struct http_request *req, enum job_kind kind)
+{
+    json_t *claims = bearer(req);
+    return claims ? claims_job(req, kind, claims) : NULL;
 }
 
 /* ---- handlers ---- */
@@ -942,15 +947,9 @@ void api_introspect(struct http_request *req)
         http_reply_json(req, 200, json_pack("{s:b}", "active", 0));
         return;
     }
-    struct job *j = job_new(req, J_INTROSPECT);
-    if (j == NULL) {
-        json_decref(claims);
-        return;
-    }
-    j->claims = claims;
-    copy_claim(claims, "sub", j->user_id, sizeof(j->user_id));
-    copy_claim(claims, "sid", j->session_id, sizeof(j->session_id));
-    submit(j, 0);
+    struct job *j = claims_job(req, J_INTROSPECT, claims);
+    if (j)
+        submit(j, 0);
 }
 
 void api_me(struct http_request *req)
