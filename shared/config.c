@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 enum key_type { K_INT, K_DURATION, K_STRING, K_BOOL, K_LIST, K_ENUM };
 
@@ -106,6 +108,12 @@ static const struct key keys[] = {
      "MongoDB connection URI (store.driver = mongo); may hold credentials."},
     {"store.database", K_STRING, OFF(store.database), "authd", 0, 0, NULL, 0,
      "MongoDB database name."},
+    {"store.write_concern", K_STRING, OFF(store.write_concern), "majority", 0, 0, NULL,
+     KEY_NONEMPTY, "MongoDB write concern: \"majority\" or a number of nodes."},
+    {"store.timeout", K_DURATION, OFF(store.timeout), "2", 0.05, 60, NULL, 0,
+     "MongoDB server selection, connect and socket timeout; past it requests get 503."},
+    {"store.pool_size", K_INT, OFF(store.pool_size), "0", 0, 1000, NULL, 0,
+     "MongoDB connections per worker; 0 = offload.store_threads + offload.threads."},
     {"ratelimit.backend", K_ENUM, OFF(ratelimit.backend), "shm", 0, 0, "shm|redis", 0,
      "Where rate-limit counters live: shared memory (one host) or Redis (many)."},
     {"ratelimit.redis.host", K_STRING, OFF(ratelimit.redis_host), "127.0.0.1", 0, 0, NULL, 0,
@@ -114,6 +122,45 @@ static const struct key keys[] = {
      "Redis port."},
     {"ratelimit.redis.password", K_STRING, OFF(ratelimit.redis_password), "", 0, 0, NULL,
      KEY_SECRET, "Redis AUTH password."},
+    {"ratelimit.redis.timeout", K_DURATION, OFF(ratelimit.redis_timeout), "0.05", 0.001, 10, NULL,
+     0, "A Redis check slower than this falls back to the shm backend at once."},
+    {"ratelimit.redis.retry_interval", K_DURATION, OFF(ratelimit.redis_retry_interval), "1", 0.05,
+     300, NULL, 0, "Seconds between reconnection attempts while Redis is down."},
+    {"ratelimit.redis.prefix", K_STRING, OFF(ratelimit.redis_prefix), "authd:rl:", 0, 0, NULL, 0,
+     "Prefix of every Redis key authd writes."},
+    {"ratelimit.shm.slots", K_INT, OFF(ratelimit.shm_slots), "16384", 256, 4194304, NULL, 0,
+     "Entries of the host-wide shared-memory limiter table (also the Redis fallback)."},
+    {"ratelimit.trusted_proxies", K_LIST, OFF(ratelimit.trusted_proxies), "", 0,
+     CONFIG_MAX_TRUSTED_PROXIES, NULL, 0,
+     "Peers (address or CIDR) whose X-Forwarded-For names the client; empty = trust none."},
+    {"ratelimit.global.limit", K_INT, OFF(ratelimit.global.limit), "600", 0, 100000000, NULL, 0,
+     "Requests per client IP per period on every public route; 0 = off."},
+    {"ratelimit.global.period", K_DURATION, OFF(ratelimit.global.period), "60", 1, 86400, NULL, 0,
+     "Period of ratelimit.global.limit, seconds."},
+    {"ratelimit.login.limit", K_INT, OFF(ratelimit.login.limit), "30", 0, 100000000, NULL, 0,
+     "Login attempts per client IP per period; 0 = off."},
+    {"ratelimit.login.period", K_DURATION, OFF(ratelimit.login.period), "60", 1, 86400, NULL, 0,
+     "Period of ratelimit.login.limit, seconds."},
+    {"ratelimit.register.limit", K_INT, OFF(ratelimit.register_.limit), "10", 0, 100000000, NULL, 0,
+     "Registrations per client IP per period; 0 = off."},
+    {"ratelimit.register.period", K_DURATION, OFF(ratelimit.register_.period), "3600", 1, 86400,
+     NULL, 0, "Period of ratelimit.register.limit, seconds."},
+    {"ratelimit.refresh.limit", K_INT, OFF(ratelimit.refresh.limit), "60", 0, 100000000, NULL, 0,
+     "Token refreshes per client IP per period; 0 = off."},
+    {"ratelimit.refresh.period", K_DURATION, OFF(ratelimit.refresh.period), "60", 1, 86400, NULL, 0,
+     "Period of ratelimit.refresh.limit, seconds."},
+    {"ratelimit.lockout.threshold", K_INT, OFF(ratelimit.lockout.threshold), "5", 1, 100, NULL, 0,
+     "Consecutive failed logins of one account before delays start."},
+    {"ratelimit.lockout.base_delay", K_DURATION, OFF(ratelimit.lockout.base_delay), "1", 0.1, 3600,
+     NULL, 0, "First delay after the threshold; it doubles with each further failure."},
+    {"ratelimit.lockout.max_delay", K_DURATION, OFF(ratelimit.lockout.max_delay), "900", 1, 86400,
+     NULL, 0, "Cap of the per-account delay."},
+    {"ratelimit.lockout.max_failures", K_INT, OFF(ratelimit.lockout.max_failures), "100", 2, 100,
+     NULL, 0,
+     "Consecutive failures after which the account refuses logins until reset_after passes "
+     "(NIST SP 800-63B: at most 100)."},
+    {"ratelimit.lockout.reset_after", K_DURATION, OFF(ratelimit.lockout.reset_after), "86400", 60,
+     2592000, NULL, 0, "An account's failure count is forgotten this long after its last failure."},
     {"tokens.issuer", K_STRING, OFF(tokens.issuer), "https://localhost:8443", 0, 0, NULL,
      KEY_NONEMPTY, "JWT iss claim and OpenID issuer."},
     {"tokens.audience", K_STRING, OFF(tokens.audience), "authd", 0, 0, NULL, KEY_NONEMPTY,
@@ -132,7 +179,10 @@ static const struct key keys[] = {
      "Clock skew tolerated when checking exp/nbf/iat, in seconds."},
     {"backup.directory", K_STRING, OFF(backup.directory), "/var/lib/authd/backups", 0, 0, NULL, 0,
      "Where `authd backup` writes."},
-    {"backup.keep", K_INT, OFF(backup.keep), "7", 1, 10000, NULL, 0, "Backups kept."},
+    {"backup.keep", K_INT, OFF(backup.keep), "7", 1, 10000, NULL, 0,
+     "Newest backups kept in backup.directory; older ones are deleted after a success."},
+    {"backup.max_age", K_DURATION, OFF(backup.max_age), "0", 0, 315360000, NULL, 0,
+     "Backups older than this many seconds are deleted too; 0 = no age limit."},
     {"backup.encryption_key_file", K_STRING, OFF(backup.encryption_key_file), "", 0, 0, NULL, 0,
      "File holding the backup encryption key; empty = unencrypted."},
     {"log.level", K_ENUM, OFF(log.level), "info", 0, 0, "debug|info|warning|error", 0,
@@ -230,22 +280,40 @@ static void set_number(struct config *cfg, const struct key *k, double v, const 
         *(double *)field(cfg, k) = v;
 }
 
+/*
+ * A K_LIST field is `char *name[k->max]` directly followed by `int name_count` (asserted below
+ * for every list key), so one pair of functions serves them all.
+ */
+static int *list_count(struct config *cfg, const struct key *k)
+{
+    return (int *)((char *)field(cfg, k) + (size_t)k->max * sizeof(char *));
+}
+
+_Static_assert(offsetof(struct config, tokens.signing_keys_count) ==
+                   offsetof(struct config, tokens.signing_keys) +
+                       CONFIG_MAX_SIGNING_KEY * sizeof(char *),
+               "list count follows its array");
+_Static_assert(offsetof(struct config, ratelimit.trusted_proxies_count) ==
+                   offsetof(struct config, ratelimit.trusted_proxies) +
+                       CONFIG_MAX_TRUSTED_PROXIES * sizeof(char *),
+               "list count follows its array");
+
 static void list_clear(struct config *cfg, const struct key *k)
 {
     char **arr = field(cfg, k);
 
-    for (int i = 0; i < CONFIG_MAX_SIGNING_KEY; i++) {
+    for (int i = 0; i < (int)k->max; i++) {
         free(arr[i]);
         arr[i] = NULL;
     }
-    cfg->tokens.signing_keys_count = 0;
+    *list_count(cfg, k) = 0;
 }
 
 static void list_append(struct config *cfg, const struct key *k, const char *v, const char *where,
                         struct errors *e)
 {
     char **arr = field(cfg, k);
-    int *count = &cfg->tokens.signing_keys_count; /* the only list key */
+    int *count = list_count(cfg, k);
 
     if (*count >= (int)k->max) {
         err_add(e, "%s: %s holds more than %d entries", where, k->path, (int)k->max);
@@ -638,6 +706,31 @@ static void check_rules(const struct config *cfg, struct errors *e)
         where_of(cfg, "password.min_length", "password.max_length", w, sizeof(w));
         err_add(e, "%s: password.min_length must not exceed password.max_length", w);
     }
+    for (int i = 0; i < cfg->ratelimit.trusted_proxies_count; i++) {
+        struct config_cidr c;
+        if (config_parse_cidr(cfg->ratelimit.trusted_proxies[i], &c) < 0) {
+            where_of(cfg, "ratelimit.trusted_proxies", NULL, w, sizeof(w));
+            err_add(e, "%s: ratelimit.trusted_proxies entry \"%s\" is not an address or CIDR", w,
+                    cfg->ratelimit.trusted_proxies[i]);
+        }
+    }
+    if (cfg->ratelimit.lockout.max_delay < cfg->ratelimit.lockout.base_delay) {
+        where_of(cfg, "ratelimit.lockout.max_delay", "ratelimit.lockout.base_delay", w, sizeof(w));
+        err_add(e, "%s: ratelimit.lockout.max_delay must not be below base_delay", w);
+    }
+    if (cfg->ratelimit.lockout.threshold >= cfg->ratelimit.lockout.max_failures) {
+        where_of(cfg, "ratelimit.lockout.threshold", "ratelimit.lockout.max_failures", w,
+                 sizeof(w));
+        err_add(e, "%s: ratelimit.lockout.threshold must be below max_failures", w);
+    }
+    if (strcmp(cfg->store.write_concern, "majority") != 0) {
+        char *end;
+        long n = strtol(cfg->store.write_concern, &end, 10);
+        if (*end != '\0' || end == cfg->store.write_concern || n < 0 || n > 50) {
+            where_of(cfg, "store.write_concern", NULL, w, sizeof(w));
+            err_add(e, "%s: store.write_concern must be \"majority\" or a number from 0 to 50", w);
+        }
+    }
     if (cfg->supervisor.heartbeat_timeout < 2 * cfg->supervisor.heartbeat_interval) {
         where_of(cfg, "supervisor.heartbeat_timeout", "supervisor.heartbeat_interval", w,
                  sizeof(w));
@@ -646,6 +739,52 @@ static void check_rules(const struct config *cfg, struct errors *e)
 }
 
 /* ---- public ---- */
+
+int config_parse_cidr(const char *text, struct config_cidr *out)
+{
+    char addr[INET6_ADDRSTRLEN + 1];
+    const char *slash = strchr(text, '/');
+    size_t n = slash ? (size_t)(slash - text) : strlen(text);
+
+    if (n == 0 || n >= sizeof(addr))
+        return -1;
+    memcpy(addr, text, n);
+    addr[n] = '\0';
+    memset(out, 0, sizeof(*out));
+    if (inet_pton(AF_INET, addr, out->addr) == 1) {
+        out->family = AF_INET;
+        out->prefix = 32;
+    } else if (inet_pton(AF_INET6, addr, out->addr) == 1) {
+        out->family = AF_INET6;
+        out->prefix = 128;
+    } else {
+        return -1;
+    }
+    if (slash != NULL) {
+        char *end;
+        errno = 0;
+        long p = strtol(slash + 1, &end, 10);
+        if (slash[1] == '\0' || *end != '\0' || errno != 0 || p < 0 || p > out->prefix)
+            return -1;
+        out->prefix = (int)p;
+    }
+    return 0;
+}
+
+int config_cidr_match(const struct config_cidr *c, int family, const void *addr)
+{
+    const unsigned char *a = addr;
+    int bits = c->prefix;
+
+    if (family != c->family)
+        return 0;
+    for (int i = 0; bits > 0; i++, bits -= 8) {
+        unsigned char mask = bits >= 8 ? 0xff : (unsigned char)(0xff << (8 - bits));
+        if ((a[i] & mask) != (c->addr[i] & mask))
+            return 0;
+    }
+    return 1;
+}
 
 int config_key_line(const struct config *cfg, const char *key)
 {

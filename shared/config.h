@@ -11,9 +11,10 @@
 
 #include <stdio.h>
 
-#define CONFIG_MAX_WORKERS     64
-#define CONFIG_MAX_SIGNING_KEY 8
-#define CONFIG_DEFAULT_PATH    "/etc/authd/authd.conf"
+#define CONFIG_MAX_WORKERS         64
+#define CONFIG_MAX_SIGNING_KEY     8
+#define CONFIG_MAX_TRUSTED_PROXIES 32
+#define CONFIG_DEFAULT_PATH        "/etc/authd/authd.conf"
 
 struct config {
     char *path; /* file read, or NULL when running on built-in defaults */
@@ -72,6 +73,9 @@ struct config {
         char *path;
         char *uri;
         char *database;
+        char *write_concern;
+        double timeout;
+        int pool_size;
     } store;
 
     struct {
@@ -79,6 +83,23 @@ struct config {
         char *redis_host;
         int redis_port;
         char *redis_password;
+        double redis_timeout;
+        double redis_retry_interval;
+        char *redis_prefix;
+        int shm_slots;
+        char *trusted_proxies[CONFIG_MAX_TRUSTED_PROXIES];
+        int trusted_proxies_count;
+        struct config_rate {
+            int limit;
+            double period;
+        } global, login, register_, refresh;
+        struct {
+            int threshold;
+            double base_delay;
+            double max_delay;
+            int max_failures;
+            double reset_after;
+        } lockout;
     } ratelimit;
 
     struct {
@@ -95,6 +116,7 @@ struct config {
     struct {
         char *directory;
         int keep;
+        double max_age;
         char *encryption_key_file;
     } backup;
 
@@ -129,6 +151,19 @@ int config_worker_count(const struct config *cfg);
 
 /* Source line of `key` in the file (0 when it came from a default or the environment). */
 int config_key_line(const struct config *cfg, const char *key);
+
+/* An address or CIDR of ratelimit.trusted_proxies, parsed. */
+struct config_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    int prefix; /* bits */
+};
+
+/* Parses "192.0.2.1", "10.0.0.0/8", "::1" or "fd00::/8". 0, or -1 when malformed. */
+int config_parse_cidr(const char *text, struct config_cidr *out);
+
+/* 1 when `addr` (4 or 16 bytes of `family`) lies inside `c`. IPv4-mapped IPv6 is not unmapped. */
+int config_cidr_match(const struct config_cidr *c, int family, const void *addr);
 
 /* Writes the schema (key, type, default, description) as a Markdown table to `out`. */
 void config_print_reference(FILE *out);

@@ -14,6 +14,7 @@
 #ifndef AUTHD_STORE_H
 #define AUTHD_STORE_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,6 +67,21 @@ struct store_audit {
 
 struct store;
 
+/*
+ * Backup records: driver-neutral JSON objects, one per row or document, so that a backup of
+ * one driver restores into another. Collections, parents first: "users", "sessions",
+ * "refresh_tokens", "audit_events". Field names are the SQLite column names (see
+ * store_sqlite.c's schema); refresh_tokens.hash is 64 lower-case hex digits; times are
+ * integers (seconds since the epoch); a missing value is JSON null.
+ *
+ * emit: called once per record, in collection order; returns 0 to go on, -1 to abort.
+ * next: sets *collection and *doc (a new reference the driver releases) and returns 1, or
+ * returns 0 at the end, -1 on a read error.
+ */
+#define STORE_COLLECTIONS "users", "sessions", "refresh_tokens", "audit_events"
+typedef int (*store_emit_fn)(void *ctx, const char *collection, json_t *doc);
+typedef int (*store_next_fn)(void *ctx, const char **collection, json_t **doc);
+
 struct store_driver {
     const char *name;
     /* Opens a connection; runs pending migrations when `migrate`. NULL + message on error. */
@@ -116,6 +132,16 @@ struct store_driver {
 
     /* Audit. */
     enum store_status (*audit_append)(struct store *st, const struct store_audit *a);
+
+    /* Backup: every record of every collection, from one consistent snapshot. */
+    enum store_status (*dump)(struct store *st, store_emit_fn emit, void *ctx);
+    /*
+     * Restore: replaces the whole content with the records `next` yields (atomically where
+     * the backend can: SQLite in one transaction). ERROR when a record is malformed.
+     */
+    enum store_status (*restore)(struct store *st, store_next_fn next, void *ctx);
+    /* Number of users (restore refuses a non-empty store without --force). */
+    enum store_status (*count_users)(struct store *st, int64_t *count_r);
 };
 
 /* The driver named `name` ("sqlite"), or NULL. */
