@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "master/backup.h"
 #include "master/control.h"
 #include "master/pidfile.h"
 #include "master/supervisor.h"
@@ -35,6 +36,10 @@ static void usage(FILE *out)
             "  reload                re-read the configuration, start a new worker generation\n"
             "  stop                  drain and stop the running master\n"
             "  keys generate PATH    write a new P-256 signing key (PEM, mode 0600)\n"
+            "  migrate               create or upgrade the store's schema and indexes\n"
+            "  backup [--output PATH] back the store up (by the running master, else here)\n"
+            "  backup verify PATH    check a backup's integrity and key; the store is untouched\n"
+            "  restore PATH [--force] replace the store's content with a backup\n"
             "  version               print the version\n"
             "\n"
             "--config FILE defaults to $AUTHD_CONFIG, else %s when it exists, else built-in\n"
@@ -207,6 +212,183 @@ static int cmd_client(const struct config *cfg, const char *verb, int json)
     return rc;
 }
 
+/* The configuration the offline verbs act on: strict, as `serve` would read it. */
+static struct config *load_strict(const char *path)
+{
+    return load_or_report(path);
+}
+
+/* Runs the backup here (no master answers): a CronJob pod, or a host where authd is stopped. */
+static int backup_here(const char *path, const char *output)
+{
+    struct backup_result res;
+    char err[1024], line[4608];
+    struct config *cfg = load_strict(path);
+
+    if (cfg == NULL)
+        return 1;
+    int rc = backup_run(cfg, output, &res, err, sizeof(err));
+    config_free(cfg);
+    if (rc < 0) {
+        fprintf(stderr, "authd backup: %s\n", err);
+        return 1;
+    }
+    backup_describe_result(&res, line, sizeof(line));
+    printf("ok: %s\n", line);
+    return 0;
+}
+
+/* `authd backup [--output PATH]`: asks the running master, or backs up here when none runs. */
+static int cmd_backup(const char *path, const char *output)
+{
+    char abs[4096], cmd[4200], *errors = NULL;
+
+    if (output != NULL && output[0] != '/') {
+        char cwd[2048];
+        if (getcwd(cwd, sizeof(cwd)) == NULL) {
+            fprintf(stderr, "authd backup: getcwd: %s\n", strerror(errno));
+            return 1;
+        }
+        snprintf(abs, sizeof(abs), "%s/%s", cwd, output);
+        output = abs;
+    }
+    if (output != NULL && strpbrk(output, "\r\n") != NULL) {
+        fprintf(stderr, "authd backup: the output path holds a line break\n");
+        return EXIT_USAGE;
+    }
+    struct config *cfg = config_load_lenient(path, &errors);
+    if (cfg == NULL)
+        fprintf(stderr, "%s\n", errors ? errors : "cannot load configuration");
+    free(errors);
+    if (cfg == NULL)
+        return 1;
+    snprintf(cmd, sizeof(cmd), "backup%s%s", output ? " " : "", output ? output : "");
+    char *out = control_request(cfg->control_socket, cmd, 24 * 3600.0);
+    int err = errno;
+    config_free(cfg);
+    if (out == NULL && err != ENOENT && err != ECONNREFUSED) {
+        fprintf(stderr, "authd backup: control socket: %s\n", strerror(err));
+        return 1;
+    }
+    if (out == NULL)
+        return backup_here(path, output);
+    int rc = strncmp(out, "ok", 2) == 0 ? 0 : 1;
+    if (out[0] == '\0')
+        fputs("authd backup: the master closed the connection without an answer\n", stderr);
+    else if (rc == 0)
+        fputs(out, stdout);
+    else
+        fprintf(stderr, "authd backup: %s", strncmp(out, "error: ", 7) ? out : out + 7);
+    free(out);
+    return rc;
+}
+
+static int cmd_backup_verify(const char *path, const char *file)
+{
+    struct backup_info info;
+    char err[1024], line[4608], *errors = NULL;
+    struct config *cfg = config_load_lenient(path, &errors);
+
+    if (cfg == NULL) {
+        fprintf(stderr, "%s\n", errors ? errors : "cannot load configuration");
+        free(errors);
+        return 1;
+    }
+    if (errors != NULL)
+        fprintf(stderr, "authd: warning: %s\n", errors);
+    free(errors);
+    int rc = backup_verify(cfg, file, &info, err, sizeof(err));
+    config_free(cfg);
+    if (rc < 0) {
+        fprintf(stderr, "authd backup verify: %s\n", err);
+        return 1;
+    }
+    backup_describe_info(file, &info, line, sizeof(line));
+    printf("ok: %s\n", line);
+    return 0;
+}
+
+static int cmd_restore(const char *path, const char *file, int force)
+{
+    struct backup_info info;
+    char err[1024];
+    struct config *cfg = load_strict(path);
+
+    if (cfg == NULL)
+        return 1;
+    char *pong = control_request(cfg->control_socket, "ping", 2.0);
+    if (pong != NULL)
+        fprintf(stderr, "authd restore: note: a master is running; its workers see the restored "
+                        "content as soon as it commits\n");
+    free(pong);
+    int rc = backup_restore(cfg, file, force, &info, err, sizeof(err));
+    const char *driver = cfg->store.driver;
+    if (rc < 0) {
+        fprintf(stderr, "authd restore: %s\n", err);
+    } else {
+        printf("ok: restored %s into the %s store: %lld users, %lld sessions, %lld refresh "
+               "tokens, %lld audit events (made by the %s store)\n",
+               file, driver, (long long)info.counts[0], (long long)info.counts[1],
+               (long long)info.counts[2], (long long)info.counts[3], info.driver);
+    }
+    config_free(cfg);
+    return rc < 0 ? 1 : 0;
+}
+
+/* backup [--output PATH] | backup verify PATH | restore PATH [--force]; args after the verb. */
+static int cmd_backup_verbs(const char *path, const char *verb, int argc, char **argv)
+{
+    const char *output = NULL, *file = NULL;
+    int force = 0;
+
+    if (!strcmp(verb, "backup") && argc == 2 && !strcmp(argv[0], "verify"))
+        return cmd_backup_verify(path, argv[1]);
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(verb, "backup") && (!strcmp(argv[i], "--output") || !strcmp(argv[i], "-o")) &&
+            i + 1 < argc && output == NULL)
+            output = argv[++i];
+        else if (!strcmp(verb, "backup") && !strncmp(argv[i], "--output=", 9) && output == NULL)
+            output = argv[i] + 9;
+        else if (!strcmp(verb, "restore") && !strcmp(argv[i], "--force"))
+            force = 1;
+        else if (!strcmp(verb, "restore") && file == NULL && argv[i][0] != '-')
+            file = argv[i];
+        else
+            goto usage;
+    }
+    if (!strcmp(verb, "backup"))
+        return cmd_backup(path, output);
+    if (file != NULL)
+        return cmd_restore(path, file, force);
+usage:
+    usage(stderr);
+    return EXIT_USAGE;
+}
+
+/*
+ * `authd migrate`: opens the configured store with migrations (SQLite: the schema; MongoDB: the
+ * indexes and schema version), idempotently; `serve` does the same at start-up and on reload.
+ */
+static int cmd_migrate(const char *path)
+{
+    char err[512] = "";
+    struct config *cfg = load_or_report(path);
+
+    if (cfg == NULL)
+        return 1;
+    const struct store_driver *drv = store_driver_find(cfg->store.driver);
+    struct store *st = drv != NULL ? drv->open(cfg, 1, err, sizeof(err)) : NULL;
+    if (st == NULL)
+        fprintf(stderr, "authd migrate: %s store: %s\n", cfg->store.driver,
+                drv != NULL ? err : "not built in");
+    else
+        printf("ok: the %s store is migrated\n", cfg->store.driver);
+    if (st != NULL)
+        drv->close(st);
+    config_free(cfg);
+    return st != NULL ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
@@ -254,6 +436,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(verb, "config") && sub && !strcmp(sub, "check") && optind + 1 == argc)
         return cmd_config_check(path);
+    if (!strcmp(verb, "backup") || !strcmp(verb, "restore"))
+        return cmd_backup_verbs(path, verb, argc - optind, argv + optind);
+    if (!strcmp(verb, "migrate") && optind == argc)
+        return cmd_migrate(path);
     if (optind < argc || !strcmp(verb, "config") ||
         (strcmp(verb, "serve") && strcmp(verb, "status") && strcmp(verb, "reload") &&
          strcmp(verb, "stop"))) {

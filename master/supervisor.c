@@ -13,10 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "master/backup.h"
 #include "master/control.h"
 #include "master/pidfile.h"
 #include "master/respawn.h"
@@ -24,6 +26,7 @@
 #include "shared/health.h"
 #include "shared/log.h"
 #include "shared/metrics.h"
+#include "shared/ratelimit.h"
 #include "shared/tls.h"
 #include "worker/worker.h"
 
@@ -51,6 +54,20 @@ struct listen_fd {
     int port;
 };
 
+/* The backup child: at most one at a time. */
+struct backup_job {
+    pid_t pid;  /* 0: no backup running */
+    int fd;     /* read end of the child's report pipe */
+    int client; /* control client waiting for the outcome, -1: none */
+};
+
+/* What the backup child writes into its pipe before it exits. */
+struct backup_report {
+    int ok;
+    struct backup_result res;
+    char msg[1024];
+};
+
 static struct {
     char *config_path;
     struct config *cfg;
@@ -72,6 +89,7 @@ static struct {
     char *pid_path, *ctl_path; /* as opened at start: a reload does not move them */
     int64_t last_rss_ms, last_wd_ms;
     uint64_t watchdog_usec;
+    struct backup_job bk;
 } sup;
 
 /* ---- signals ---- */
@@ -265,12 +283,137 @@ static void worker_died(const struct proc *p, int slot, int st)
     ps->spawn_at = now_ms() + delay;
 }
 
+/* ---- backups (a child process; the loop never waits for it) ---- */
+
+/*
+ * SIGNAL HANDLER (backup child). Async-signal-safe: only sets the flag that makes the backup
+ * stop at its next record and remove its temporary file.
+ */
+static void on_backup_term(int sig)
+{
+    (void)sig;
+    backup_cancel = 1;
+}
+
+/* In the backup child: runs the backup, writes the report into `wfd`, exits. */
+static void backup_child(int wfd, const char *output)
+{
+    struct backup_report rep;
+    struct sigaction sa;
+
+    sigpipe_w = -1;
+    close_inherited(wfd, wfd);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_backup_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL);
+    log_set_role("backup");
+    /* Behind the workers for CPU and disk: nice +10, idle I/O class (failures do not matter). */
+    if (nice(10) < 0)
+        log_debug("nice: %s", strerror(errno));
+    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, 3 << 13 /* IOPRIO_CLASS_IDLE */);
+    memset(&rep, 0, sizeof(rep));
+    rep.ok = backup_run(sup.cfg, output, &rep.res, rep.msg, sizeof(rep.msg)) == 0;
+    ssize_t w = write(wfd, &rep, sizeof(rep));
+    (void)w;
+    log_flush();
+    _exit(rep.ok ? 0 : 1);
+}
+
+/* Control command `backup [PATH]`: forks the child; the client gets its answer at the reap. */
+static void backup_start(int cfd, const char *output)
+{
+    char msg[256];
+    int p[2];
+
+    if (sup.stopping || sup.bk.pid != 0) {
+        snprintf(msg, sizeof(msg), "error: %s\n",
+                 sup.stopping ? "the master is stopping" : "a backup is already running");
+        control_reply(cfd, msg);
+        return;
+    }
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        snprintf(msg, sizeof(msg), "error: pipe: %s\n", strerror(errno));
+        control_reply(cfd, msg);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0)
+        backup_child(p[1], output);
+    close(p[1]);
+    if (pid < 0) {
+        snprintf(msg, sizeof(msg), "error: fork: %s\n", strerror(errno));
+        control_reply(cfd, msg);
+        close(p[0]);
+        return;
+    }
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    sup.bk = (struct backup_job){.pid = pid, .fd = p[0], .client = cfd};
+    atomic_store(&sup.h->backup_running, 1);
+    atomic_store(&sup.h->backup_last_attempt_ms, health_now_wall_ms());
+    log_info("backup started in pid %d%s%s", (int)pid, output ? " into " : "",
+             output ? output : "");
+}
+
+/* The backup child exited with status `st`: records the outcome and answers the client. */
+static void backup_reaped(int st)
+{
+    struct backup_report rep;
+    char line[6144], how[96];
+    struct health *h = sup.h;
+    size_t got = 0;
+
+    memset(&rep, 0, sizeof(rep));
+    while (got < sizeof(rep)) {
+        ssize_t r = read(sup.bk.fd, (char *)&rep + got, sizeof(rep) - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    int ok = got == sizeof(rep) && rep.ok && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (ok) {
+        backup_describe_result(&rep.res, line + 4, sizeof(line) - 4);
+        memcpy(line, "ok: ", 4);
+        atomic_store(&h->backup_last_success_ms, rep.res.finished_ms);
+        atomic_store(&h->backup_last_size_bytes, rep.res.size);
+        atomic_store(&h->backup_last_duration_ms, rep.res.duration_ms);
+        atomic_fetch_add(&h->backup_success_total, 1);
+        log_info("backup complete: %s", line + 4);
+    } else {
+        if (got != sizeof(rep)) {
+            describe_exit(st, how, sizeof(how));
+            snprintf(rep.msg, sizeof(rep.msg), "the backup process %s", how);
+        } else {
+            atomic_store(&h->backup_last_duration_ms, rep.res.duration_ms);
+        }
+        snprintf(line, sizeof(line), "error: %s", rep.msg);
+        atomic_fetch_add(&h->backup_failures_total, 1);
+        log_error("backup failed: %s", rep.msg);
+    }
+    atomic_store(&h->backup_last_failed, ok ? 0 : 1);
+    atomic_store(&h->backup_running, 0);
+    if (sup.bk.client >= 0) {
+        strcat(line, "\n");
+        control_reply(sup.bk.client, line);
+    }
+    close(sup.bk.fd);
+    sup.bk = (struct backup_job){.fd = -1, .client = -1};
+}
+
 static void reap(void)
 {
     int st;
     pid_t pid;
 
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (pid == sup.bk.pid) {
+            backup_reaped(st);
+            continue;
+        }
         int slot = -1;
         for (int i = 0; i < HEALTH_SLOTS && slot < 0; i++)
             if (sup.procs[i].pid == pid)
@@ -493,11 +636,16 @@ static void begin_stop(int code)
     for (int i = 0; i < sup.npos; i++)
         sup.pos[i].spawn_at = -1;
     signal_workers(SIGTERM, 0);
+    if (sup.bk.pid != 0) {
+        log_warn("stopping: cancelling the backup in pid %d", (int)sup.bk.pid);
+        kill(sup.bk.pid, SIGTERM);
+    }
 }
 
+/* Children still running: workers and the backup child. */
 static int live_procs(void)
 {
-    int n = 0;
+    int n = sup.bk.pid != 0;
     for (int i = 0; i < HEALTH_SLOTS; i++)
         n += sup.procs[i].pid != 0;
     return n;
@@ -507,7 +655,7 @@ static int live_procs(void)
 
 static void serve_control(void)
 {
-    char cmd[256], msg[8192];
+    char cmd[4352], msg[8192];
     int cfd = control_accept(sup.ctlfd, cmd, sizeof(cmd));
 
     if (cfd < 0)
@@ -528,12 +676,15 @@ static void serve_control(void)
     } else if (!strcmp(cmd, "reload")) {
         reload(msg, sizeof(msg));
         control_reply(cfd, msg);
+    } else if (!strcmp(cmd, "backup") || !strncmp(cmd, "backup /", 8)) {
+        backup_start(cfd, cmd[6] != '\0' ? cmd + 7 : NULL);
     } else if (!strcmp(cmd, "stop")) {
         snprintf(msg, sizeof(msg), "ok: stopping pid %d\n", (int)getpid());
         control_reply(cfd, msg);
         begin_stop(0);
     } else {
-        control_reply(cfd, "error: unknown command (ping, status, status json, reload, stop)\n");
+        control_reply(cfd, "error: unknown command (ping, status, status json, reload, stop, "
+                           "backup [/PATH])\n");
     }
 }
 
@@ -585,6 +736,8 @@ static void tick(void)
     if (sup.stopping && now > sup.stop_deadline && live_procs() > 0) {
         log_warn("drain timeout: killing %d worker(s)", live_procs());
         signal_workers(SIGKILL, 0);
+        if (sup.bk.pid != 0)
+            kill(sup.bk.pid, SIGKILL);
         sup.stop_deadline = now + 1000;
     }
     if (now - sup.last_rss_ms >= 1000) {
@@ -643,6 +796,13 @@ static int start(char *err, size_t errlen)
         snprintf(err, errlen, "mmap health segment: %s", strerror(errno));
         return -1;
     }
+    int64_t last_ms, last_size;
+    if (backup_newest(sup.cfg->backup.directory, &last_ms, &last_size) == 0) {
+        atomic_store(&sup.h->backup_last_success_ms, last_ms);
+        atomic_store(&sup.h->backup_last_size_bytes, last_size);
+    }
+    if (ratelimit_shm_setup(sup.cfg, err, errlen) < 0) /* inherited by every generation */
+        return -1;
     if (install_signals() < 0) {
         snprintf(err, errlen, "signals: %s", strerror(errno));
         return -1;
@@ -659,6 +819,7 @@ int supervisor_run(const char *config_path, struct config *cfg)
     sup.config_path = config_path ? strdup(config_path) : NULL;
     sup.cfg = cfg;
     sup.pidfd = sup.ctlfd = -1;
+    sup.bk = (struct backup_job){.fd = -1, .client = -1};
     sup.pub.fd = sup.admin.fd = -1;
     sup.sigpipe[0] = sup.sigpipe[1] = -1;
     log_set_role("master");
@@ -688,6 +849,7 @@ out:
         if (sup.sigpipe[i] >= 0)
             close(sup.sigpipe[i]);
     health_destroy(sup.h);
+    ratelimit_shm_cleanup();
     SSL_CTX_free(sup.ssl);
     auth_free(sup.auth);
     config_free(sup.cfg);

@@ -149,8 +149,9 @@ static const struct key keys[] = {
      "Token refreshes per client IP per period; 0 = off."},
     {"ratelimit.refresh.period", K_DURATION, OFF(ratelimit.refresh.period), "60", 1, 86400, NULL, 0,
      "Period of ratelimit.refresh.limit, seconds."},
-    {"ratelimit.lockout.threshold", K_INT, OFF(ratelimit.lockout.threshold), "5", 1, 100, NULL, 0,
-     "Consecutive failed logins of one account before delays start."},
+    {"ratelimit.lockout.threshold", K_INT, OFF(ratelimit.lockout.threshold), "5", 0, 100, NULL, 0,
+     "Consecutive failed logins of one account before delays start; 0 = no account lockout "
+     "(for tests and benchmarks only)."},
     {"ratelimit.lockout.base_delay", K_DURATION, OFF(ratelimit.lockout.base_delay), "1", 0.1, 3600,
      NULL, 0, "First delay after the threshold; it doubles with each further failure."},
     {"ratelimit.lockout.max_delay", K_DURATION, OFF(ratelimit.lockout.max_delay), "900", 1, 86400,

@@ -19,7 +19,7 @@
 #include "shared/route.h"
 
 #define HEALTH_MAGIC   0x61757468u /* "auth" */
-#define HEALTH_VERSION 2u
+#define HEALTH_VERSION 3u
 #define HEALTH_SLOTS   128 /* two generations of CONFIG_MAX_WORKERS during a reload */
 
 enum health_state {
@@ -35,6 +35,23 @@ enum health_state {
 #define HEALTH_BUCKETS 14
 extern const uint32_t health_bucket_us[HEALTH_BUCKETS - 1];
 extern const int health_status_codes[HEALTH_STATUSES - 1];
+/* Rate-limit rules (enum rl_rule), auth events (enum health_auth_event), Redis latency buckets. */
+#define HEALTH_RL_RULES    5
+#define HEALTH_RL_BUCKETS  11
+#define HEALTH_AUTH_EVENTS 6
+/* Upper bounds (microseconds) of the Redis latency buckets; the last bucket is +Inf. */
+#define HEALTH_RL_BUCKET_US                                                                        \
+    {                                                                                              \
+        100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000                               \
+    }
+enum health_auth_event {
+    AUTH_EV_LOGIN,
+    AUTH_EV_REGISTER,
+    AUTH_EV_REFRESH,
+    AUTH_EV_REFRESH_REUSE,
+    AUTH_EV_LOGOUT,
+    AUTH_EV_PASSWORD_CHANGE,
+};
 
 /*
  * Who holds a slot. Kept apart from the counters, densely, so that readers that only need
@@ -66,6 +83,16 @@ struct health_slot {
     atomic_ullong requests[ROUTE_COUNT][HEALTH_STATUSES];
     atomic_ullong latency_bucket[HEALTH_BUCKETS];
     atomic_ullong latency_sum_us;
+
+    /* Rate limiter (shared/ratelimit.h) and auth events (worker/api.c). */
+    atomic_ullong rl_limited_total[HEALTH_RL_RULES]; /* 429s by enum rl_rule */
+    atomic_ullong rl_lockouts_total;                 /* an account entered a delay or hard lock */
+    atomic_ullong rl_checks_total[2];                /* decided by: 0 shm, 1 redis */
+    atomic_ullong rl_redis_errors_total;             /* errors, timeouts, lost connections */
+    atomic_ullong rl_redis_latency_bucket[HEALTH_RL_BUCKETS];
+    atomic_ullong rl_redis_latency_sum_us;
+    atomic_uint rl_fallback; /* gauge: 1 while this worker's Redis backend is not usable */
+    atomic_ullong auth_events[HEALTH_AUTH_EVENTS][2]; /* [event][0 success, 1 failure] */
 };
 
 struct health {
@@ -82,6 +109,19 @@ struct health {
     atomic_llong master_rss_bytes;
     struct health_ident_slot ident[HEALTH_SLOTS];
     struct health_slot slot[HEALTH_SLOTS];
+
+    /*
+     * Backups the master ran in a child (master/backup.c). Wall-clock milliseconds; 0 = never.
+     * At start the master seeds last_success/size from the newest file in backup.directory.
+     */
+    atomic_llong backup_last_attempt_ms;
+    atomic_llong backup_last_success_ms;
+    atomic_llong backup_last_duration_ms; /* of the last attempt, success or failure */
+    atomic_llong backup_last_size_bytes;  /* of the last success */
+    atomic_ullong backup_success_total;
+    atomic_ullong backup_failures_total;
+    atomic_uint backup_running;
+    atomic_uint backup_last_failed; /* 1 when the last attempt failed */
 };
 
 /* Maps a fresh segment (zeroed). Returns NULL with errno set. */

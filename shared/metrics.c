@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 const char *metrics_state_name(enum health_state state)
 {
@@ -129,6 +130,96 @@ static void render_workers(FILE *f, const struct health *h, const struct totals 
     }
 }
 
+/* Rate limiter and auth-event counters, summed over every slot that ever held a worker. */
+static void render_ratelimit(FILE *f, const struct health *h)
+{
+    static const char *const rules[HEALTH_RL_RULES] = {"global", "login", "register", "refresh",
+                                                       "account"};
+    static const char *const events[HEALTH_AUTH_EVENTS] = {
+        "login", "register", "refresh", "refresh_reuse", "logout", "password_change"};
+    static const uint32_t bounds[HEALTH_RL_BUCKETS - 1] = HEALTH_RL_BUCKET_US;
+    unsigned long long limited[HEALTH_RL_RULES] = {0}, checks[2] = {0}, lockouts = 0, errors = 0;
+    unsigned long long bucket[HEALTH_RL_BUCKETS] = {0}, sum_us = 0;
+    unsigned long long ev[HEALTH_AUTH_EVENTS][2] = {{0}};
+    int fallback = 0;
+
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        const struct health_slot *s = &h->slot[i];
+        if (!health_slot_used(h, i))
+            continue;
+        for (int r = 0; r < HEALTH_RL_RULES; r++)
+            limited[r] += LOAD(s->rl_limited_total[r]);
+        for (int b = 0; b < 2; b++)
+            checks[b] += LOAD(s->rl_checks_total[b]);
+        for (int b = 0; b < HEALTH_RL_BUCKETS; b++)
+            bucket[b] += LOAD(s->rl_redis_latency_bucket[b]);
+        for (int e = 0; e < HEALTH_AUTH_EVENTS; e++)
+            for (int k = 0; k < 2; k++)
+                ev[e][k] += LOAD(s->auth_events[e][k]);
+        lockouts += LOAD(s->rl_lockouts_total);
+        errors += LOAD(s->rl_redis_errors_total);
+        sum_us += LOAD(s->rl_redis_latency_sum_us);
+        if (LOAD(h->ident[i].state) != SLOT_FREE && LOAD(s->rl_fallback))
+            fallback = 1;
+    }
+    metric_head(f, "authd_ratelimit_limited_total", "counter",
+                "Requests refused with 429 by a rate-limit rule.");
+    for (int r = 0; r < HEALTH_RL_RULES; r++)
+        fprintf(f, "authd_ratelimit_limited_total{rule=\"%s\"} %llu\n", rules[r], limited[r]);
+    render_gauge(f, "authd_ratelimit_lockouts_total", "counter",
+                 "Accounts that entered a login delay or the hard lock.", (long long)lockouts);
+    metric_head(f, "authd_ratelimit_checks_total", "counter",
+                "Rate-limit checks, by the backend whose answer decided them.");
+    fprintf(f, "authd_ratelimit_checks_total{backend=\"shm\"} %llu\n", checks[0]);
+    fprintf(f, "authd_ratelimit_checks_total{backend=\"redis\"} %llu\n", checks[1]);
+    render_gauge(f, "authd_ratelimit_redis_errors_total", "counter",
+                 "Redis errors, timeouts and lost connections of the rate limiter.",
+                 (long long)errors);
+    metric_head(f, "authd_ratelimit_redis_latency_seconds", "histogram",
+                "Round trip of a rate-limit check to Redis.");
+    unsigned long long cum = 0;
+    for (int b = 0; b < HEALTH_RL_BUCKETS; b++) {
+        cum += bucket[b];
+        if (b < HEALTH_RL_BUCKETS - 1)
+            fprintf(f, "authd_ratelimit_redis_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                    bounds[b] / 1e6, cum);
+        else
+            fprintf(f, "authd_ratelimit_redis_latency_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+    }
+    fprintf(f, "authd_ratelimit_redis_latency_seconds_sum %.6f\n", sum_us / 1e6);
+    fprintf(f, "authd_ratelimit_redis_latency_seconds_count %llu\n", cum);
+    render_gauge(f, "authd_ratelimit_fallback_active", "gauge",
+                 "1 while any live worker checks limits in shared memory because Redis failed.",
+                 fallback);
+    metric_head(f, "authd_auth_events_total", "counter", "Audited authentication events.");
+    for (int e = 0; e < HEALTH_AUTH_EVENTS; e++)
+        for (int k = 0; k < 2; k++)
+            fprintf(f, "authd_auth_events_total{event=\"%s\",result=\"%s\"} %llu\n", events[e],
+                    k ? "failure" : "success", ev[e][k]);
+}
+
+/* Backups the master ran (authd backup with a running master). */
+static void render_backup(FILE *f, const struct health *h)
+{
+    render_gauge(f, "authd_backup_last_success_timestamp_seconds", "gauge",
+                 "Unix time of the last successful backup (0: none known).",
+                 (long long)(LOAD(h->backup_last_success_ms) / 1000));
+    metric_head(f, "authd_backup_last_duration_seconds", "gauge",
+                "Duration of the last backup attempt.");
+    fprintf(f, "authd_backup_last_duration_seconds %.3f\n", LOAD(h->backup_last_duration_ms) / 1e3);
+    render_gauge(f, "authd_backup_last_size_bytes", "gauge",
+                 "Size of the last successful backup file.",
+                 (long long)LOAD(h->backup_last_size_bytes));
+    render_gauge(f, "authd_backup_success_total", "counter",
+                 "Backups completed and verified since the master started.",
+                 (long long)LOAD(h->backup_success_total));
+    render_gauge(f, "authd_backup_failures_total", "counter",
+                 "Backups that failed since the master started.",
+                 (long long)LOAD(h->backup_failures_total));
+    render_gauge(f, "authd_backup_running", "gauge", "1 while a backup runs.",
+                 (long long)LOAD(h->backup_running));
+}
+
 char *metrics_render(const struct health *h, size_t *len_r)
 {
     char *out = NULL;
@@ -163,6 +254,7 @@ char *metrics_render(const struct health *h, size_t *len_r)
                  "Jobs refused because a worker's offload queue was full (503).",
                  (long long)t->offload_rejected);
     render_workers(f, h, t);
+    render_ratelimit(f, h);
     render_gauge(f, "authd_worker_restarts_total", "counter",
                  "Workers respawned after a crash or a missed heartbeat.",
                  (long long)LOAD(h->worker_restarts_total));
@@ -177,6 +269,7 @@ char *metrics_render(const struct health *h, size_t *len_r)
                  "Resident set size of the master process.", (long long)LOAD(h->master_rss_bytes));
     render_gauge(f, "authd_start_time_seconds", "gauge", "Unix time the master started.",
                  (long long)(LOAD(h->started_ms) / 1000));
+    render_backup(f, h);
     free(t);
     fclose(f);
     *len_r = len;
@@ -189,6 +282,46 @@ static unsigned long long slot_requests(const struct health_slot *s)
     for (int b = 0; b < HEALTH_BUCKETS; b++)
         n += LOAD(s->latency_bucket[b]);
     return n;
+}
+
+/* The "backup" member of `authd status --json`: times are Unix seconds, null when unknown. */
+static json_t *backup_json(const struct health *h)
+{
+    long long last = LOAD(h->backup_last_success_ms), attempt = LOAD(h->backup_last_attempt_ms);
+
+    return json_pack("{s:o, s:o, s:f, s:I, s:I, s:I, s:b, s:b}", "last_success",
+                     last ? json_real(last / 1e3) : json_null(), "last_attempt",
+                     attempt ? json_real(attempt / 1e3) : json_null(), "last_duration_s",
+                     LOAD(h->backup_last_duration_ms) / 1e3, "last_size_bytes",
+                     (json_int_t)LOAD(h->backup_last_size_bytes), "successes",
+                     (json_int_t)LOAD(h->backup_success_total), "failures",
+                     (json_int_t)LOAD(h->backup_failures_total), "running",
+                     (int)LOAD(h->backup_running), "last_failed", (int)LOAD(h->backup_last_failed));
+}
+
+/* The last line of `authd status`, about backups (none while nothing is known). */
+static void backup_text(FILE *f, const struct health *h)
+{
+    long long last = LOAD(h->backup_last_success_ms);
+    char when[32] = "none known";
+
+    if (last == 0 && LOAD(h->backup_last_attempt_ms) == 0 && !LOAD(h->backup_running))
+        return;
+
+    if (last > 0) {
+        time_t t = (time_t)(last / 1000);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    fprintf(f, "last backup: %s", when);
+    if (last > 0)
+        fprintf(f, " (%.1f MiB)", LOAD(h->backup_last_size_bytes) / 1048576.0);
+    fprintf(f, "; since start %llu ok, %llu failed%s%s\n",
+            (unsigned long long)LOAD(h->backup_success_total),
+            (unsigned long long)LOAD(h->backup_failures_total),
+            LOAD(h->backup_last_failed) ? "; the LAST ATTEMPT FAILED" : "",
+            LOAD(h->backup_running) ? "; a backup is running" : "");
 }
 
 json_t *metrics_status_json(const struct health *h)
@@ -211,13 +344,17 @@ json_t *metrics_status_json(const struct health *h)
                       (json_int_t)LOAD(s->connections), "requests", (json_int_t)slot_requests(s),
                       "rss_bytes", (json_int_t)LOAD(s->rss_bytes)));
     }
-    return json_pack("{s:i, s:i, s:i, s:f, s:I, s:I, s:I, s:I, s:o}", "master_pid",
-                     LOAD(h->master_pid), "generation", (int)LOAD(h->generation), "workers_wanted",
-                     (int)LOAD(h->workers_wanted), "uptime_s", (wall - LOAD(h->started_ms)) / 1e3,
-                     "reloads", (json_int_t)LOAD(h->reloads_total), "reload_failures",
-                     (json_int_t)LOAD(h->reload_failures_total), "worker_restarts",
-                     (json_int_t)LOAD(h->worker_restarts_total), "master_rss_bytes",
-                     (json_int_t)LOAD(h->master_rss_bytes), "workers", workers);
+    json_t *root =
+        json_pack("{s:i, s:i, s:i, s:f, s:I, s:I, s:I, s:I, s:o}", "master_pid",
+                  LOAD(h->master_pid), "generation", (int)LOAD(h->generation), "workers_wanted",
+                  (int)LOAD(h->workers_wanted), "uptime_s", (wall - LOAD(h->started_ms)) / 1e3,
+                  "reloads", (json_int_t)LOAD(h->reloads_total), "reload_failures",
+                  (json_int_t)LOAD(h->reload_failures_total), "worker_restarts",
+                  (json_int_t)LOAD(h->worker_restarts_total), "master_rss_bytes",
+                  (json_int_t)LOAD(h->master_rss_bytes), "workers", workers);
+    if (root != NULL)
+        json_object_set_new(root, "backup", backup_json(h));
+    return root;
 }
 
 char *metrics_status_text(const struct health *h)
@@ -250,6 +387,7 @@ char *metrics_status_text(const struct health *h)
                 (long long)(now - id.heartbeat_ms), (long long)LOAD(s->connections),
                 slot_requests(s), LOAD(s->rss_bytes) / 1048576.0);
     }
+    backup_text(f, h);
     fclose(f);
     return out;
 }

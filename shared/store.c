@@ -10,10 +10,12 @@
 #include <openssl/rand.h>
 
 #include "shared/log.h"
+#include "shared/store_mongo.h"
 #include "shared/store_sqlite.h"
 
 static const struct store_driver *const drivers[] = {
     &store_sqlite_driver,
+    &store_mongo_driver,
 };
 
 const struct store_driver *store_driver_find(const char *name)

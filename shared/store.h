@@ -2,7 +2,7 @@
  * store: where users, credentials, sessions (refresh-token families) and audit events live.
  *
  * A driver is a struct of function pointers chosen by `store.driver` (Dovecot's passdb style):
- * "sqlite" (embedded default) and later "mongo". A `struct store` is one connection and is not
+ * "sqlite" (embedded default) and "mongo". A `struct store` is one connection and is not
  * thread-safe: each offload thread opens its own. All calls block: never call them on the event
  * loop. Times are seconds since the epoch. Refresh tokens are never stored, only their SHA-256.
  *

@@ -10,12 +10,14 @@
  */
 #include "shared/store_sqlite.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -887,6 +889,382 @@ static enum store_status sqlite_audit_append(struct store *st, const struct stor
     return run(st, q) < 0 ? STORE_ERROR : STORE_OK;
 }
 
+/* ---- backup: dump, restore, count ---- */
+
+static const char *const backup_tables[] = {STORE_COLLECTIONS};
+#define BACKUP_TABLES (sizeof(backup_tables) / sizeof(backup_tables[0]))
+
+/* One column value as JSON: integers, text, NULL; BLOBs (refresh_tokens.hash) as lower-case hex. */
+static json_t *column_json(sqlite3_stmt *q, int i)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    switch (sqlite3_column_type(q, i)) {
+    case SQLITE_INTEGER:
+        return json_integer(sqlite3_column_int64(q, i));
+    case SQLITE_FLOAT:
+        return json_real(sqlite3_column_double(q, i));
+    case SQLITE_TEXT:
+        return json_stringn((const char *)sqlite3_column_text(q, i),
+                            (size_t)sqlite3_column_bytes(q, i));
+    case SQLITE_BLOB: {
+        const unsigned char *b = sqlite3_column_blob(q, i);
+        size_t n = (size_t)sqlite3_column_bytes(q, i);
+        char *t = malloc(2 * n + 1);
+        if (t == NULL)
+            return NULL;
+        for (size_t k = 0; k < n; k++) {
+            t[2 * k] = hex[b[k] >> 4];
+            t[2 * k + 1] = hex[b[k] & 0x0f];
+        }
+        t[2 * n] = '\0';
+        json_t *v = json_string(t);
+        free(t);
+        return v;
+    }
+    default:
+        return json_null();
+    }
+}
+
+/* Emits every row of `table` of `db`, in rowid order. 0, or -1 (logged, or the emitter's stop). */
+static int dump_table(sqlite3 *db, const char *table, store_emit_fn emit, void *ctx)
+{
+    char sql[96];
+    sqlite3_stmt *q = NULL;
+    int rc, ret = -1;
+
+    snprintf(sql, sizeof(sql), "SELECT * FROM %s ORDER BY rowid", table);
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) {
+        log_error("dump: prepare(%s): %s", table, sqlite3_errmsg(db));
+        return -1;
+    }
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        json_t *doc = json_object();
+        for (int i = 0; doc != NULL && i < sqlite3_column_count(q); i++) {
+            json_t *v = column_json(q, i);
+            if (v == NULL || json_object_set_new(doc, sqlite3_column_name(q, i), v) < 0) {
+                log_error("dump: %s.%s: cannot encode the value as JSON", table,
+                          sqlite3_column_name(q, i));
+                json_decref(doc);
+                doc = NULL;
+            }
+        }
+        if (doc == NULL)
+            goto out;
+        int stop = emit(ctx, table, doc);
+        json_decref(doc);
+        if (stop < 0)
+            goto out;
+    }
+    if (rc != SQLITE_DONE)
+        log_error("dump: sqlite3_step(%s): %s", table, sqlite3_errmsg(db));
+    else
+        ret = 0;
+out:
+    sqlite3_finalize(q);
+    return ret;
+}
+
+static void snapshot_remove(const char *path)
+{
+    static const char *const suffixes[] = {"", "-journal", "-wal", "-shm"};
+    char p[4200];
+
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        snprintf(p, sizeof(p), "%s%s", path, suffixes[i]);
+        unlink(p);
+    }
+}
+
+/*
+ * Removes snapshots that a killed backup left beside `src`. A live dump holds an flock on its
+ * snapshot (SQLite's own locks are POSIX locks, independent of flock), so only abandoned ones
+ * can be locked here.
+ */
+static void snapshot_sweep(const char *src)
+{
+    char *dir = strdup(src), *slash, prefix[512], path[4200];
+    DIR *d = NULL;
+    struct dirent *de;
+
+    if (dir == NULL)
+        return;
+    slash = strrchr(dir, '/');
+    snprintf(prefix, sizeof(prefix), "%s.snapshot-", slash ? slash + 1 : dir);
+    if (slash != NULL)
+        slash[slash == dir ? 1 : 0] = '\0';
+    d = opendir(slash ? dir : ".");
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        size_t pl = strlen(prefix);
+        if (strncmp(de->d_name, prefix, pl) != 0 || strlen(de->d_name) != pl + 6)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", slash ? dir : ".", de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            log_warn("dump: removing %s, left by an interrupted backup", path);
+            snapshot_remove(path);
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    if (d != NULL)
+        closedir(d);
+    free(dir);
+}
+
+/*
+ * Copies the live database into a new file beside it (<store.path>.snapshot-XXXXXX, mode 0600,
+ * flocked through *lockfd_r while it exists) with the online backup API, and returns a
+ * connection to the copy. One sqlite3_backup_step(-1) holds one read transaction on the source
+ * for the whole copy: in WAL mode that never blocks writers, and the copy is one consistent
+ * snapshot. (Stepping a few pages at a time would restart the copy after every write by another
+ * connection: under load it might never end.)
+ */
+static sqlite3 *snapshot_open(struct store *st, char *path, size_t pathlen, int *lockfd_r)
+{
+    const char *src = sqlite3_db_filename(st->db, "main");
+    sqlite3 *dst = NULL;
+    int rc = SQLITE_ERROR;
+
+    if (src == NULL || src[0] == '\0' ||
+        (size_t)snprintf(path, pathlen, "%s.snapshot-XXXXXX", src) >= pathlen) {
+        log_error("dump: no file name for the snapshot");
+        return NULL;
+    }
+    snapshot_sweep(src);
+    int fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0) {
+        log_error("dump: mkostemp(%s): %s", path, strerror(errno));
+        return NULL;
+    }
+    flock(fd, LOCK_EX);
+    *lockfd_r = fd;
+    if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+        SQLITE_OK) {
+        sqlite3_backup *b = sqlite3_backup_init(dst, "main", st->db, "main");
+        for (int tries = 0; b != NULL && tries < 100; tries++) {
+            rc = sqlite3_backup_step(b, -1);
+            if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
+                break;
+            usleep(50 * 1000);
+        }
+        if (b != NULL)
+            sqlite3_backup_finish(b);
+        else
+            rc = sqlite3_errcode(dst);
+    }
+    if (rc != SQLITE_DONE) {
+        int os = dst != NULL ? sqlite3_system_errno(dst) : 0;
+        log_error("dump: sqlite3_backup(%s -> %s): %s%s%s%s", src, path,
+                  dst != NULL ? sqlite3_errmsg(dst) : sqlite3_errstr(rc), os ? " (" : "",
+                  os ? strerror(os) : "", os ? ")" : "");
+        sqlite3_close(dst);
+        snapshot_remove(path);
+        close(fd);
+        *lockfd_r = -1;
+        return NULL;
+    }
+    sqlite3_exec(dst, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL);
+    return dst;
+}
+
+static enum store_status sqlite_dump(struct store *st, store_emit_fn emit, void *ctx)
+{
+    char path[4096];
+    int lockfd = -1, rc = 0;
+    sqlite3 *snap = snapshot_open(st, path, sizeof(path), &lockfd);
+
+    if (snap == NULL)
+        return STORE_ERROR;
+    for (size_t i = 0; rc == 0 && i < BACKUP_TABLES; i++)
+        rc = dump_table(snap, backup_tables[i], emit, ctx);
+    sqlite3_close(snap);
+    snapshot_remove(path);
+    close(lockfd);
+    return rc == 0 ? STORE_OK : STORE_ERROR;
+}
+
+/* A prepared INSERT of every column of one table, with each column's declared type. */
+struct restore_insert {
+    sqlite3_stmt *q;
+    int ncols;
+    char *cols[16];
+    int is_blob[16];
+};
+
+static int restore_prepare(sqlite3 *db, const char *table, struct restore_insert *ins)
+{
+    char sql[1024], info[96];
+    sqlite3_stmt *q = NULL;
+    size_t len = 0;
+
+    snprintf(info, sizeof(info), "PRAGMA table_info(%s)", table);
+    if (sqlite3_prepare_v2(db, info, -1, &q, NULL) != SQLITE_OK)
+        goto fail;
+    len = (size_t)snprintf(sql, sizeof(sql), "INSERT INTO %s (", table);
+    while (sqlite3_step(q) == SQLITE_ROW && ins->ncols < 16) {
+        const char *name = (const char *)sqlite3_column_text(q, 1);
+        const char *type = (const char *)sqlite3_column_text(q, 2);
+        ins->cols[ins->ncols] = strdup(name ? name : "");
+        ins->is_blob[ins->ncols] = type != NULL && sqlite3_stricmp(type, "BLOB") == 0;
+        len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s%s", ins->ncols ? ", " : "",
+                                name ? name : "");
+        ins->ncols++;
+    }
+    sqlite3_finalize(q);
+    q = NULL;
+    len += (size_t)snprintf(sql + len, sizeof(sql) - len, ") VALUES (");
+    for (int i = 0; i < ins->ncols && len < sizeof(sql); i++)
+        len += (size_t)snprintf(sql + len, sizeof(sql) - len, "%s?", i ? ", " : "");
+    if (ins->ncols == 0 || len + 2 >= sizeof(sql))
+        goto fail;
+    strcat(sql, ")");
+    if (sqlite3_prepare_v2(db, sql, -1, &ins->q, NULL) != SQLITE_OK)
+        goto fail;
+    return 0;
+fail:
+    log_error("restore: prepare insert into %s: %s", table, sqlite3_errmsg(db));
+    sqlite3_finalize(q);
+    return -1;
+}
+
+static void restore_insert_free(struct restore_insert *ins)
+{
+    sqlite3_finalize(ins->q);
+    for (int i = 0; i < ins->ncols; i++)
+        free(ins->cols[i]);
+    memset(ins, 0, sizeof(*ins));
+}
+
+/* 64 hex digits to 32 bytes. 0 or -1. */
+static int hex32(const char *t, uint8_t out[32])
+{
+    if (t == NULL || strlen(t) != 64)
+        return -1;
+    for (int i = 0; i < 64; i++) {
+        int c = t[i], v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return -1;
+        out[i / 2] = (uint8_t)(i % 2 ? out[i / 2] | v : v << 4);
+    }
+    return 0;
+}
+
+/* Binds the doc's member for column i of `ins`. 0, or -1 logged. */
+static int restore_bind(struct restore_insert *ins, int i, json_t *v, const char *table)
+{
+    sqlite3_stmt *q = ins->q;
+    uint8_t blob[32];
+    int rc;
+
+    if (v == NULL || json_is_null(v)) {
+        rc = sqlite3_bind_null(q, i + 1);
+    } else if (ins->is_blob[i]) {
+        if (hex32(json_string_value(v), blob) < 0)
+            goto bad;
+        rc = sqlite3_bind_blob(q, i + 1, blob, 32, SQLITE_TRANSIENT);
+    } else if (json_is_integer(v)) {
+        rc = sqlite3_bind_int64(q, i + 1, json_integer_value(v));
+    } else if (json_is_boolean(v)) {
+        rc = sqlite3_bind_int(q, i + 1, json_is_true(v));
+    } else if (json_is_real(v)) {
+        rc = sqlite3_bind_double(q, i + 1, json_real_value(v));
+    } else if (json_is_string(v)) {
+        rc = sqlite3_bind_text(q, i + 1, json_string_value(v), (int)json_string_length(v),
+                               SQLITE_TRANSIENT);
+    } else {
+        goto bad;
+    }
+    return rc == SQLITE_OK ? 0 : -1;
+bad:
+    log_error("restore: %s.%s: unexpected value", table, ins->cols[i]);
+    return -1;
+}
+
+static int restore_record(sqlite3 *db, struct restore_insert *inserts, const char *collection,
+                          json_t *doc)
+{
+    size_t t = 0;
+
+    while (t < BACKUP_TABLES && strcmp(backup_tables[t], collection ? collection : "") != 0)
+        t++;
+    if (t == BACKUP_TABLES || !json_is_object(doc)) {
+        log_error("restore: malformed record (collection \"%s\")", collection ? collection : "");
+        return -1;
+    }
+    struct restore_insert *ins = &inserts[t];
+    if (ins->q == NULL && restore_prepare(db, backup_tables[t], ins) < 0)
+        return -1;
+    int ok = 1;
+    for (int i = 0; ok && i < ins->ncols; i++)
+        ok = restore_bind(ins, i, json_object_get(doc, ins->cols[i]), backup_tables[t]) == 0;
+    if (ok && sqlite3_step(ins->q) != SQLITE_DONE) {
+        log_error("restore: insert into %s: %s", backup_tables[t], sqlite3_errmsg(db));
+        ok = 0;
+    }
+    sqlite3_reset(ins->q);
+    sqlite3_clear_bindings(ins->q);
+    return ok ? 0 : -1;
+}
+
+/*
+ * One BEGIN IMMEDIATE transaction: empties every table (children first), inserts every record
+ * (foreign keys checked at COMMIT, so the order of records does not matter) and commits. Other
+ * connections see the old content or the new one, never a mixture.
+ */
+static enum store_status sqlite_restore(struct store *st, store_next_fn next, void *ctx)
+{
+    struct restore_insert inserts[BACKUP_TABLES];
+    const char *collection;
+    json_t *doc;
+    int r, ok = 0;
+
+    memset(inserts, 0, sizeof(inserts));
+    if (run(st, S_BEGIN) < 0)
+        return STORE_ERROR;
+    char *msg = NULL;
+    if (sqlite3_exec(st->db,
+                     "PRAGMA defer_foreign_keys = ON; DELETE FROM audit_events;"
+                     " DELETE FROM refresh_tokens; DELETE FROM sessions; DELETE FROM users",
+                     NULL, NULL, &msg) != SQLITE_OK) {
+        log_error("restore: empty the tables: %s", msg ? msg : sqlite3_errmsg(st->db));
+        sqlite3_free(msg);
+        goto out;
+    }
+    while ((r = next(ctx, &collection, &doc)) == 1) {
+        int rc = restore_record(st->db, inserts, collection, doc);
+        json_decref(doc);
+        if (rc < 0)
+            goto out;
+    }
+    ok = r == 0;
+out:
+    for (size_t i = 0; i < BACKUP_TABLES; i++)
+        restore_insert_free(&inserts[i]);
+    if (!ok) {
+        tx_rollback(st);
+        return STORE_ERROR;
+    }
+    return tx_commit(st) < 0 ? STORE_ERROR : STORE_OK;
+}
+
+static enum store_status sqlite_count_users(struct store *st, int64_t *count_r)
+{
+    sqlite3_stmt *q = NULL;
+    enum store_status ret = STORE_ERROR;
+
+    if (sqlite3_prepare_v2(st->db, "SELECT count(*) FROM users", -1, &q, NULL) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+        *count_r = sqlite3_column_int64(q, 0);
+        ret = STORE_OK;
+    } else {
+        log_error("count_users: %s", sqlite3_errmsg(st->db));
+    }
+    sqlite3_finalize(q);
+    return ret;
+}
+
 const struct store_driver store_sqlite_driver = {
     .name = "sqlite",
     .open = sqlite_open,
@@ -904,4 +1282,7 @@ const struct store_driver store_sqlite_driver = {
     .session_revoke_others = sqlite_session_revoke_others,
     .session_list = sqlite_session_list,
     .audit_append = sqlite_audit_append,
+    .dump = sqlite_dump,
+    .restore = sqlite_restore,
+    .count_users = sqlite_count_users,
 };

@@ -2,6 +2,7 @@
 #include "worker/api.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -14,6 +15,7 @@
 
 #include "shared/auth.h"
 #include "shared/log.h"
+#include "shared/ratelimit.h"
 #include "worker/offload.h"
 #include "worker/worker.h"
 
@@ -49,7 +51,9 @@ struct job {
     char user_id[STORE_ID_LEN + 1];
     char session_id[STORE_ID_LEN + 1];
     char refresh_token[REFRESH_TOKEN_LEN + 1];
-    json_t *claims; /* verified access-token claims */
+    json_t *claims;               /* verified access-token claims */
+    char account_key[RL_KEY_MAX]; /* login: the lockout key of the email */
+    int account_failures;         /* login: failures counted by the lockout check, 0 = none */
 
     int status;
     int active; /* introspection: the token's session is active */
@@ -147,10 +151,27 @@ static void job_free(struct job *j)
     free(j);
 }
 
+/* Counts an audited event in authd_auth_events_total (pool threads: atomic increments). */
+static void count_event(struct job *j, const char *event, const char *result)
+{
+    static const char *const names[HEALTH_AUTH_EVENTS] = {
+        [AUTH_EV_LOGIN] = "login",     [AUTH_EV_REGISTER] = "register",
+        [AUTH_EV_REFRESH] = "refresh", [AUTH_EV_REFRESH_REUSE] = "refresh_reuse",
+        [AUTH_EV_LOGOUT] = "logout",   [AUTH_EV_PASSWORD_CHANGE] = "password_change",
+    };
+
+    for (int e = 0; e < HEALTH_AUTH_EVENTS; e++)
+        if (strcmp(names[e], event) == 0)
+            atomic_fetch_add_explicit(&j->w->hs->auth_events[e][strcmp(result, "success") != 0], 1,
+                                      memory_order_relaxed);
+}
+
 static void audit(struct job *j, struct store *st, const char *event, const char *result,
                   const char *user_id, const char *detail)
 {
     struct store_audit a = {j->now, event, result, user_id, j->ip, j->ua, j->request_id, detail};
+
+    count_event(j, event, result);
 
     if (st != NULL)
         auth_of(j)->store->audit_append(st, &a);
@@ -544,7 +565,9 @@ static json_t *sessions_json(struct job *j)
 
 static void ready_reply(struct job *j)
 {
-    json_t *checks = json_pack("{s:s, s:s}", "workers", "ok", "store", j->active ? "ok" : "down");
+    json_t *checks =
+        json_pack("{s:s, s:s, s:s}", "workers", "ok", "store", j->active ? "ok" : "down",
+                  "ratelimit", ratelimit_degraded(j->w->rl) ? "degraded" : "ok");
 
     if (j->active)
         http_reply_json(j->req, 200, json_pack("{s:s, s:o}", "status", "ready", "checks", checks));
@@ -558,6 +581,13 @@ static void job_done(void *arg)
 {
     struct job *j = arg;
     struct http_request *req = j->req;
+
+    if (j->kind == J_LOGIN && j->account_failures > 0) {
+        if (j->status == 200)
+            ratelimit_account_success(j->w->rl, j->account_key);
+        else if (j->status == 401)
+            ratelimit_account_failed(j->w->rl, j->account_failures);
+    }
 
     if (j->status >= 400 || j->status == 0) {
         if (j->status == 0)
@@ -617,7 +647,7 @@ static struct job *job_new(struct http_request *req, enum job_kind kind)
     j->req = req;
     j->w = http_worker(req);
     j->now = (int64_t)time(NULL);
-    snprintf(j->ip, sizeof(j->ip), "%s", req->remote_addr);
+    snprintf(j->ip, sizeof(j->ip), "%s", req->client_addr);
     snprintf(j->request_id, sizeof(j->request_id), "%s", req->request_id);
     /* The user agent is informational: keep printable ASCII, bounded. */
     size_t n = 0;
@@ -866,6 +896,26 @@ fail:
         job_free(j);
 }
 
+/* The account lockout answered: refuse (429, correct password or not) or verify. */
+static void login_account_checked(void *arg, const struct rl_check *c)
+{
+    struct job *j = arg;
+
+    if (c->denied >= 0) {
+        char ra[32];
+        double wait = c->item[0].r.retry_after;
+        snprintf(ra, sizeof(ra), "%ld", wait < 1 ? 1L : (long)ceil(wait));
+        http_add_header(j->req, "Retry-After", ra);
+        http_reply_error(j->req, 429, "too_many_attempts",
+                         "Too many failed sign-in attempts for this account; retry after the "
+                         "delay in Retry-After.");
+        job_free(j);
+        return;
+    }
+    j->account_failures = c->item[0].r.failures;
+    submit(j, 1);
+}
+
 void api_login(struct http_request *req)
 {
     struct worker *w = http_worker(req);
@@ -884,7 +934,15 @@ void api_login(struct http_request *req)
         goto fail;
     }
     json_decref(o);
-    submit(j, 1);
+    if (w->cfg->ratelimit.lockout.threshold == 0) {
+        submit(j, 1);
+        return;
+    }
+    /* Keyed on the email whether or not an account exists: a lockout reveals nothing. */
+    ratelimit_account_key(j->email, j->account_key);
+    const enum rl_rule rule = RL_ACCOUNT;
+    const char *key = j->account_key;
+    ratelimit_check(w->rl, 1, &rule, &key, login_account_checked, j);
     return;
 fail:
     json_decref(o);

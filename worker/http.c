@@ -59,6 +59,7 @@ struct http_conn {
     int64_t start_us;
     char request_id[72];
     char remote[INET6_ADDRSTRLEN];
+    char client[INET6_ADDRSTRLEN];
 };
 
 static void conn_free(struct http_conn *c);
@@ -296,6 +297,14 @@ const char *http_header(const struct http_request *req, const char *name)
     return NULL;
 }
 
+void http_set_client_addr(struct http_request *req, const char *addr)
+{
+    struct http_conn *c = req->conn;
+
+    snprintf(c->client, sizeof(c->client), "%s", addr);
+    req->client_addr = c->client;
+}
+
 /* ---- request lifecycle ---- */
 
 static void request_reset(struct http_conn *c)
@@ -315,6 +324,7 @@ static void request_reset(struct http_conn *c)
     c->req.conn = c;
     c->req.admin = c->l->admin;
     c->req.remote_addr = c->remote;
+    c->req.client_addr = c->remote;
     c->state = C_IDLE;
 }
 

@@ -34,7 +34,8 @@ struct http_request {
     int admin; /* arrived on the admin listener */
     enum route_id route;
     const char *request_id;
-    const char *remote_addr;
+    const char *remote_addr; /* the TCP peer */
+    const char *client_addr; /* the client: the peer, or X-Forwarded-For from a trusted proxy */
 };
 
 /* Takes over an accepted socket. */
@@ -45,6 +46,9 @@ struct worker *http_worker(const struct http_request *req);
 
 /* Value of request header `name` (case-insensitive), or NULL. */
 const char *http_header(const struct http_request *req, const char *name);
+
+/* Sets req->client_addr (copied; at most INET6_ADDRSTRLEN - 1 bytes). */
+void http_set_client_addr(struct http_request *req, const char *addr);
 
 /* Adds a response header; call before http_reply*. Both strings are copied. */
 void http_add_header(struct http_request *req, const char *name, const char *value);

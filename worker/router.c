@@ -4,10 +4,13 @@
 #include "worker/router.h"
 
 #include <http_parser.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "shared/metrics.h"
+#include "shared/ratelimit.h"
 #include "worker/api.h"
 #include "worker/worker.h"
 
@@ -124,7 +127,8 @@ static int path_matches(const struct route *r, const char *path)
     return strncmp(r->path, path, n) == 0 && path[n] != '\0' && strchr(path + n, '/') == NULL;
 }
 
-void router_dispatch(struct http_request *req)
+/* Runs the route of req, or answers 404/405. */
+static void run(struct http_request *req)
 {
     unsigned where = req->admin ? ON_ADMIN : ON_PUBLIC;
     char allow[128] = "";
@@ -151,4 +155,99 @@ void router_dispatch(struct http_request *req)
         return;
     }
     http_reply_error(req, 404, "not_found", "No such endpoint.");
+}
+
+/* The public route req will run (ROUTE_UNMATCHED for a 404/405). */
+static enum route_id route_of(const struct http_request *req)
+{
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+        if ((routes[i].where & ON_PUBLIC) && routes[i].method == req->method &&
+            path_matches(&routes[i], req->path))
+            return routes[i].id;
+    return ROUTE_UNMATCHED;
+}
+
+/* The per-IP rule of a route besides the global one, or RL_RULES for none. */
+static enum rl_rule route_rule(enum route_id id)
+{
+    switch (id) {
+    case ROUTE_LOGIN:
+        return RL_LOGIN;
+    case ROUTE_REGISTER:
+        return RL_REGISTER;
+    case ROUTE_REFRESH:
+        return RL_REFRESH;
+    default:
+        return RL_RULES;
+    }
+}
+
+/* Adds RateLimit-Policy / RateLimit (and Retry-After when refused) for check c. */
+void router_limit_headers(struct http_request *req, const struct rl_check *c)
+{
+    struct ratelimit *rl = worker_of(req)->rl;
+    enum rl_rule rules[RL_MAX_ITEMS];
+    char buf[256];
+    int n = 0;
+
+    for (int i = 0; i < c->n; i++)
+        if (c->item[i].rule != RL_ACCOUNT)
+            rules[n++] = c->item[i].rule;
+    if (n > 0) {
+        ratelimit_policy_header(rl, rules, n, buf, sizeof(buf));
+        http_add_header(req, "RateLimit-Policy", buf);
+        ratelimit_state_header(c, buf, sizeof(buf));
+        http_add_header(req, "RateLimit", buf);
+    }
+    if (c->denied >= 0) {
+        double ra = c->item[c->denied].r.retry_after;
+        snprintf(buf, sizeof(buf), "%ld", ra < 1 ? 1L : (long)ceil(ra));
+        http_add_header(req, "Retry-After", buf);
+    }
+}
+
+static void on_limits(void *arg, const struct rl_check *c)
+{
+    struct http_request *req = arg;
+    enum route_id id = route_of(req);
+
+    if (route_rule(id) != RL_RULES || c->denied >= 0)
+        router_limit_headers(req, c);
+    if (c->denied >= 0) {
+        req->route = id;
+        http_reply_error(req, 429, "too_many_attempts",
+                         "Too many requests from this client; retry after the delay in "
+                         "Retry-After.");
+        return;
+    }
+    run(req);
+}
+
+void router_dispatch(struct http_request *req)
+{
+    struct worker *w = worker_of(req);
+    char client[INET6_ADDRSTRLEN];
+    enum rl_rule rules[2];
+    const char *keys[2] = {client, client};
+    int n = 0;
+
+    if (req->admin || w->rl == NULL) {
+        run(req);
+        return;
+    }
+    ratelimit_client_ip(w->rl, req->remote_addr, http_header(req, "x-forwarded-for"), client,
+                        sizeof(client));
+    http_set_client_addr(req, client);
+    enum route_id id = route_of(req);
+    enum rl_rule rr = route_rule(id);
+    /* Liveness probes of load balancers must never be refused: /healthz is not limited. */
+    if (id != ROUTE_HEALTHZ && ratelimit_rule_on(w->rl, RL_GLOBAL))
+        rules[n++] = RL_GLOBAL;
+    if (rr != RL_RULES && ratelimit_rule_on(w->rl, rr))
+        rules[n++] = rr;
+    if (n == 0) {
+        run(req);
+        return;
+    }
+    ratelimit_check(w->rl, n, rules, keys, on_limits, req);
 }

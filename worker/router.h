@@ -9,6 +9,10 @@
 
 void router_dispatch(struct http_request *req);
 
+struct rl_check;
+/* Adds RateLimit-Policy and RateLimit for the per-IP rules of c, and Retry-After when c refused. */
+void router_limit_headers(struct http_request *req, const struct rl_check *c);
+
 struct worker;
 /* Recomputes the live/ready worker counts /healthz and /readyz answer with (per heartbeat). */
 void router_refresh_health(struct worker *w);

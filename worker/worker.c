@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "shared/log.h"
+#include "shared/ratelimit.h"
 #include "worker/api.h"
 #include "worker/http.h"
 #include "worker/offload.h"
@@ -182,6 +183,8 @@ static int worker_setup(struct worker *w, SSL_CTX *ssl, int public_fd, int admin
         log_error("offload_new(%d threads): %s", w->cfg->offload.store_threads, strerror(errno));
         return -1;
     }
+    if ((w->rl = ratelimit_new(w->cfg, w->base, w->hs)) == NULL)
+        return -1;
     if (add_listener(w, 0, public_fd, ssl) < 0 ||
         (admin_fd >= 0 && add_listener(w, 1, admin_fd, NULL) < 0))
         return -1;
@@ -204,8 +207,10 @@ static int worker_setup(struct worker *w, SSL_CTX *ssl, int public_fd, int admin
 static void worker_teardown(struct worker *w)
 {
     http_close_all(w);
-    offload_free(w->offload); /* runs pending completions, which free their connections */
+    ratelimit_shutdown(w->rl); /* answers checks waiting on Redis, before the pools go */
+    offload_free(w->offload);  /* runs pending completions, which free their connections */
     offload_free(w->store_pool);
+    ratelimit_free(w->rl);
     api_cache_clear();
     for (int i = 0; i < 2; i++)
         if (w->listeners[i].l)

@@ -21,6 +21,7 @@
 struct http_conn;
 struct offload;
 struct auth;
+struct ratelimit;
 
 struct worker_listener {
     struct worker *w;
@@ -38,6 +39,7 @@ struct worker {
     const struct auth *auth;
     struct offload *offload;    /* password hashing */
     struct offload *store_pool; /* store calls */
+    struct ratelimit *rl;       /* rate limits and account lockout */
     struct worker_listener listeners[2];
     TAILQ_HEAD(, http_conn) conns;
     int nconns;

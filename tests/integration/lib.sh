@@ -31,6 +31,12 @@ ALT_PORT=""
 USED_PORTS=" "
 PY=""
 CURL=(curl -sS -k --noproxy '*' --max-time 10)
+# Rate limits and the account lockout are off for the servers start_server starts (the tests
+# hammer from 127.0.0.1). Set through the environment, which overrides the file, so a test's own
+# `ratelimit` group stays valid; a test of the limiter sets RATELIMIT_ENV=() and configures it.
+RATELIMIT_ENV=(AUTHD_RATELIMIT_GLOBAL_LIMIT=0 AUTHD_RATELIMIT_LOGIN_LIMIT=0
+    AUTHD_RATELIMIT_REGISTER_LIMIT=0 AUTHD_RATELIMIT_REFRESH_LIMIT=0
+    AUTHD_RATELIMIT_LOCKOUT_THRESHOLD=0)
 
 # ---- messages and assertions ----
 
@@ -335,7 +341,7 @@ start_server() {
         fi
         write_config
         echo "---- start attempt $attempt: ports $PORT/$ADMIN_PORT ----" >>"$SERVER_STDERR"
-        "$AUTHD_BIN" --config "$CONF" serve 2>>"$SERVER_STDERR" &
+        env "${RATELIMIT_ENV[@]}" "$AUTHD_BIN" --config "$CONF" serve 2>>"$SERVER_STDERR" &
         SERVER_PID=$!
         SERVER_RC=""
         if wait_until "$limit" server_ready; then

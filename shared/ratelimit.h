@@ -1,0 +1,240 @@
+/*
+ * ratelimit: rate limiting and brute-force protection.
+ *
+ * One limiter interface (struct ratelimit) in front of two backends chosen by
+ * `ratelimit.backend` (struct rl_backend_ops, like the store drivers):
+ *   - shm: a fixed-size table in shared memory mapped by the master before it forks, used by
+ *     every worker of the host (shared/ratelimit_shm.c);
+ *   - redis: hiredis async on the worker's event loop, one EVALSHA round trip per check
+ *     (worker/ratelimit_redis.c), shared by every instance pointing at one Redis.
+ * With Redis, Redis decides while it answers and every answer is copied into the shm table, so
+ * the table is a warm fallback: when Redis fails or is slower than `ratelimit.redis.timeout`,
+ * checks are answered from it at once, starting from the shared state this host last saw.
+ *
+ * Rules: per client IP (GCRA: `limit` requests per `period`, burst = limit) for every public
+ * route (global), login, register and refresh; per account (a hash of the normalized email,
+ * whether or not the account exists) on logins, with a progressive delay and a bounded hard
+ * lock. The pure decisions (GCRA, lockout schedule, client IP) are separate functions so that
+ * they are unit-tested without processes or sockets.
+ */
+#ifndef AUTHD_RATELIMIT_H
+#define AUTHD_RATELIMIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "shared/config.h"
+#include "shared/health.h"
+
+enum rl_rule {
+    RL_GLOBAL,
+    RL_LOGIN,
+    RL_REGISTER,
+    RL_REFRESH,
+    RL_ACCOUNT,
+    RL_RULES,
+};
+_Static_assert(RL_RULES == HEALTH_RL_RULES, "health segment counts one counter per rule");
+
+#define RL_MAX_ITEMS 3
+#define RL_KEY_MAX   64
+
+/* "global", "login", ... (metrics labels, header policy names, Redis key parts). */
+const char *ratelimit_rule_name(enum rl_rule rule);
+
+/* ---- pure decisions ---- */
+
+/* The outcome of one rule for one key. */
+struct rl_result {
+    int allowed;
+    long remaining;     /* GCRA: requests left in the current burst */
+    double reset;       /* GCRA: seconds until the whole quota is back */
+    double retry_after; /* refused: seconds until an attempt may succeed */
+    int failures;       /* account: consecutive failures counted, this attempt included */
+};
+
+/*
+ * GCRA (generic cell rate algorithm): `limit` requests per `period_us`, all of them allowed in
+ * a burst. *tat is the theoretical arrival time in microseconds (0: no state); it advances by
+ * period/limit per allowed request. Returns 1 when allowed (and updates *tat), 0 when refused.
+ */
+int rl_gcra(int64_t *tat, int64_t now_us, int limit, int64_t period_us, struct rl_result *r);
+
+struct rl_lockout {
+    int threshold;
+    int64_t base_delay_us, max_delay_us;
+    int max_failures;
+    int64_t reset_after_us;
+};
+
+/* Fills p from the configuration. */
+void rl_lockout_from_config(const struct config *cfg, struct rl_lockout *p);
+
+/*
+ * How long (microseconds) an account with `failures` consecutive failures, the last one
+ * `since_last_us` ago, must still wait before its next attempt: 0 below the threshold; then
+ * base_delay doubling per failure up to max_delay; at max_failures, until reset_after has
+ * passed since the last counted failure (refused attempts are not counted, so the lock always
+ * ends).
+ */
+int64_t rl_lockout_wait(const struct rl_lockout *p, int failures, int64_t since_last_us);
+
+/*
+ * One login attempt on an account whose state is (*failures, *last_us): refused (0) while
+ * rl_lockout_wait says wait, else counted as a failure up front (1) — the caller resets the
+ * state on success. Counting before the password is verified bounds the consecutive failures
+ * even for concurrent attempts; a wrong password can never reset it.
+ */
+int rl_account_attempt(int64_t *failures, int64_t *last_us, int64_t now_us,
+                       const struct rl_lockout *p, struct rl_result *r);
+
+/*
+ * The client address of a request from TCP peer `peer` carrying X-Forwarded-For `xff` (NULL
+ * when absent): the peer itself unless it lies in one of the `n` trusted proxies; then the
+ * right-most XFF entry that is not a trusted proxy (the left-most when all are). Malformed
+ * entries stop the walk. Writes a NUL-terminated address to out.
+ */
+void rl_client_ip(const struct config_cidr *proxies, int n, const char *peer, const char *xff,
+                  char *out, size_t outlen);
+
+/* ---- the shared-memory table (shared/ratelimit_shm.c) ---- */
+
+struct rl_shm;
+
+/* One entry's state: GCRA uses a = TAT; the account rule a = failures, b = last failure. */
+struct rl_state {
+    int64_t a, b;
+    int64_t expires_us; /* the state is equivalent to none after this */
+};
+
+/* Maps a table of at least `slots` entries, MAP_SHARED|MAP_ANONYMOUS, with a random seed. */
+struct rl_shm *rl_shm_create(int slots);
+void rl_shm_destroy(struct rl_shm *t);
+/* Entries the table holds (a multiple of the bucket size). */
+int rl_shm_capacity(const struct rl_shm *t);
+
+/* The table's 64-bit key (never 0) of (rule, key), under its per-master random seed. */
+uint64_t rl_shm_key(const struct rl_shm *t, enum rl_rule rule, const char *key);
+
+/*
+ * Runs fn on the state of `key` under its bucket's lock. `found` says whether a live entry
+ * existed (otherwise the state is zeroed). fn returns 1 to store the state, 0 to leave it
+ * unchanged, -1 to delete the entry. A bucket that is full evicts its entry expiring first.
+ * `self` is the caller's pid (the lock owner, so a lock held by a dead process is taken over).
+ */
+typedef int rl_shm_fn(struct rl_state *st, int found, int64_t now_us, void *arg);
+int rl_shm_update(struct rl_shm *t, uint64_t key, int64_t now_us, pid_t self, rl_shm_fn *fn,
+                  void *arg);
+
+/*
+ * The host's table: created by the master before the first fork (ratelimit_shm_setup, at
+ * start-up only, so it outlives reloads) and inherited by every worker. -1 with a message.
+ */
+int ratelimit_shm_setup(const struct config *cfg, char *err, size_t errlen);
+struct rl_shm *ratelimit_shm_table(void);
+void ratelimit_shm_cleanup(void);
+
+/* ---- the limiter (one per worker) ---- */
+
+struct event_base;
+struct ratelimit;
+struct rl_check;
+
+typedef void rl_done_fn(void *arg, const struct rl_check *c);
+
+struct rl_item {
+    enum rl_rule rule;
+    char key[RL_KEY_MAX];
+    struct rl_result r;
+};
+
+/*
+ * One check: up to RL_MAX_ITEMS rules evaluated in order, atomically per backend, stopping at
+ * the first refusal. Owned by the limiter; the done callback must not keep it.
+ */
+struct rl_check {
+    struct ratelimit *rl;
+    int n;
+    struct rl_item item[RL_MAX_ITEMS];
+    int denied; /* index of the refusing item, or -1 */
+    int by_redis;
+    rl_done_fn *done;
+    void *arg;
+    /* backend bookkeeping */
+    int finished, outstanding;
+    int64_t sent_us;
+    struct event *timer;
+    struct rl_backend *be;
+};
+
+/* A backend: the shm table alone, or Redis with the shm table as mirror and fallback. */
+struct rl_backend;
+struct rl_backend_ops {
+    const char *name;
+    struct rl_backend *(*open)(struct ratelimit *rl, const struct config *cfg,
+                               struct event_base *base, struct health_slot *hs);
+    /* Decides c: ratelimit_finish with the backend's answers, or ratelimit_answer_from_shm. */
+    void (*check)(struct rl_backend *be, struct rl_check *c);
+    /* Forgets an account's failures (fire and forget). */
+    void (*reset)(struct rl_backend *be, enum rl_rule rule, const char *key);
+    /* 1 while checks are answered by the shm fallback instead of this backend. */
+    int (*degraded)(const struct rl_backend *be);
+    /* Answers every pending check (from the shm) and frees the backend. */
+    void (*close)(struct rl_backend *be);
+};
+
+extern const struct rl_backend_ops rl_backend_redis;
+
+/* Per worker, after fork. NULL on failure (logged). */
+struct ratelimit *ratelimit_new(const struct config *cfg, struct event_base *base,
+                                struct health_slot *hs);
+/* Closes the backend, answering pending checks from the shm table (before the pools go). */
+void ratelimit_shutdown(struct ratelimit *rl);
+void ratelimit_free(struct ratelimit *rl);
+
+/* 1 when `rule` has a non-zero limit. */
+int ratelimit_rule_on(const struct ratelimit *rl, enum rl_rule rule);
+/* "degraded" while the Redis backend is not usable, else "ok". */
+int ratelimit_degraded(const struct ratelimit *rl);
+
+/* The client address of a request (see rl_client_ip) with the configured trusted proxies. */
+void ratelimit_client_ip(const struct ratelimit *rl, const char *peer, const char *xff, char *out,
+                         size_t outlen);
+
+/* Account key: hex SHA-256 of the normalized email (128 bits), same for unknown accounts. */
+void ratelimit_account_key(const char *email, char out[RL_KEY_MAX]);
+
+/*
+ * A check with the `n` (rule, key) pairs; `done(arg, c)` is called exactly once, possibly
+ * before this returns. Never blocks the loop longer than one shm update per item.
+ */
+void ratelimit_check(struct ratelimit *rl, int n, const enum rl_rule *rules,
+                     const char *const *keys, rl_done_fn *done, void *arg);
+
+/* A successful login: the account's failures are forgotten (shm and backend). */
+void ratelimit_account_success(struct ratelimit *rl, const char *key);
+/* A failed login counted by check c: counts a lockout when it started a delay or the lock. */
+void ratelimit_account_failed(struct ratelimit *rl, int failures);
+
+/* Backends: answer c. Calls the done callback unless already called; frees c if possible. */
+void ratelimit_finish(struct rl_check *c);
+/* Backends: answer c from the shm table (fallback), unless it was answered already. */
+void ratelimit_answer_from_shm(struct rl_check *c);
+/* Backends: c is no longer referenced by the backend; frees it once finished. */
+void ratelimit_release(struct rl_check *c);
+/* Backends: GCRA/lockout parameters as the Lua script wants them. */
+int ratelimit_rule_limit(const struct ratelimit *rl, enum rl_rule rule, int64_t *period_us);
+const struct rl_lockout *ratelimit_lockout(const struct ratelimit *rl);
+/* Backends: copy the backend's state of an item into the shm table (a fallback starts there). */
+void ratelimit_mirror(struct ratelimit *rl, const struct rl_item *it, int64_t a, int64_t b,
+                      int64_t ttl_us);
+
+/* RateLimit-Policy / RateLimit field values (draft-ietf-httpapi-ratelimit-headers-10). */
+void ratelimit_policy_header(const struct ratelimit *rl, const enum rl_rule *rules, int n,
+                             char *out, size_t outlen);
+void ratelimit_state_header(const struct rl_check *c, char *out, size_t outlen);
+
+int64_t ratelimit_now_us(void);
+
+#endif

@@ -1,0 +1,192 @@
+#!/bin/bash
+# ratelimit: the embedded (shm) backend end to end — per-IP rules on login, registration, token
+# refresh and every public route, shared by all workers (a concurrent burst lets exactly the
+# limit through); X-Forwarded-For honoured from a trusted proxy only; 429 too_many_attempts with
+# Retry-After, RateLimit-Policy and RateLimit; the per-account lockout (delay after the
+# threshold, even for the right password; identical for an unknown email; reset by a success;
+# a hard lock at max_failures); /healthz never limited; after a reload without trusted proxies,
+# a forged X-Forwarded-For is ignored; the metrics and /readyz.
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+itest_init
+need_python
+
+RATELIMIT_ENV=()
+EXTRA_CONFIG='password = { memory_kib = 1024; iterations = 1; };
+ratelimit = {
+    trusted_proxies = ["127.0.0.1"];
+    global = { limit = 30; period = 60; };
+    login = { limit = 5; period = 60; };
+    register = { limit = 3; period = 3600; };
+    refresh = { limit = 2; period = 60; };
+    lockout = { threshold = 3; base_delay = 1; max_delay = 2; max_failures = 6; reset_after = 60; };
+};'
+start_server
+
+# api METHOD PATH IP [BODY]: one request from client IP (X-Forwarded-For through the trusted
+# peer 127.0.0.1). Sets CODE, BODY, HDRS.
+api() {
+    local method=$1 path=$2 ip=$3 body=${4-}
+    local a=(-X "$method" -D "$T/h.out" -o "$T/b.out" -w '%{http_code}' -H "X-Forwarded-For: $ip")
+    [[ -n "$body" ]] && a+=(-H 'Content-Type: application/json' --data-binary "$body")
+    rm -f "$T/h.out" "$T/b.out"
+    CODE=$("${CURL[@]}" "${a[@]}" "$(https_url "$path")" 2>/dev/null) || true
+    BODY=$(cat "$T/b.out" 2>/dev/null || true)
+    HDRS=$(tr -d '\r' <"$T/h.out" 2>/dev/null || true)
+}
+header() {
+    printf '%s\n' "$HDRS" | awk -v n="$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]')" -F': ' \
+        'tolower($1) == n { sub(/^[^:]*: /, ""); print; exit }'
+}
+creds() { printf '{"email":"%s","password":"%s"}' "$1" "$2"; }
+login() { api POST /v1/auth/login "$1" "$(creds "$2" "$3")"; }
+expect_429() { # WHAT
+    expect_eq "$CODE" 429 "$1 status"
+    expect_eq "$(printf '%s' "$BODY" | json "d['error']")" too_many_attempts "$1 error code"
+    expect_match "$(header retry-after)" '^[1-9][0-9]*$' "$1 Retry-After"
+}
+
+# ---- per-IP login limit, shared by both workers: a burst of 16 lets exactly 5 through ----
+note "burst of 16 concurrent logins from one client address (limit 5 per minute)"
+pids=()
+for i in $(seq 1 16); do
+    bg bash -c '"${@:2}" >"$1" 2>/dev/null' _ "$T/burst.$i" "${CURL[@]}" -o /dev/null \
+        -w '%{http_code}\n' -H 'X-Forwarded-For: 198.51.100.1' -H 'Content-Type: application/json' \
+        --data-binary "$(creds "nobody$i@example.com" wrong-password)" "$(https_url /v1/auth/login)"
+    pids+=("$BG_PID")
+done
+for p in "${pids[@]}"; do
+    wait "$p" || true
+done
+codes=$(cat "$T"/burst.* | sort | uniq -c | awk '{ printf "%s:%s ", $2, $1 }')
+note "burst answers: $codes"
+expect_eq "$(cat "$T"/burst.* | grep -c '^401$')" 5 "logins let through by the per-IP limit ($codes)"
+expect_eq "$(cat "$T"/burst.* | grep -c '^429$')" 11 "logins refused by the per-IP limit ($codes)"
+login 198.51.100.1 someone@example.com wrong-password
+expect_429 "login over the per-IP limit"
+expect_eq "$(header ratelimit-policy)" '"global";q=30;w=60, "login";q=5;w=60' "RateLimit-Policy"
+expect_match "$(header ratelimit)" '^"global";r=[0-9]+;t=[0-9]+, "login";r=0;t=[0-9]+$' "RateLimit"
+# another client address is not affected
+login 198.51.100.2 someone@example.com wrong-password
+expect_eq "$CODE" 401 "login from another client address"
+expect_match "$(header ratelimit)" '"login";r=4;t=' "RateLimit of a fresh client address"
+
+# ---- X-Forwarded-For is ignored unless the peer is a trusted proxy: covered by the unit test;
+# here a malformed header falls back to the peer (127.0.0.1), which has its own quota ----
+login "not-an-address" someone@example.com wrong-password
+expect_eq "$CODE" 401 "malformed X-Forwarded-For uses the peer address"
+
+# ---- registration and refresh limits ----
+for i in 1 2 3; do
+    api POST /v1/auth/register 198.51.100.3 "$(creds "user$i@example.com" "correct horse battery $i")"
+    expect_eq "$CODE" 201 "registration $i"
+done
+api POST /v1/auth/register 198.51.100.3 "$(creds user4@example.com "correct horse battery 4")"
+expect_429 "registration over the limit"
+expect_contains "$(header ratelimit-policy)" '"register";q=3;w=3600' "register RateLimit-Policy"
+for i in 1 2; do
+    api POST /v1/auth/refresh 198.51.100.4 '{"refresh_token":"x"}'
+    expect_eq "$CODE" 401 "refresh $i"
+done
+api POST /v1/auth/refresh 198.51.100.4 '{"refresh_token":"x"}'
+expect_429 "refresh over the limit"
+
+# ---- the global rule covers every public route ----
+for i in $(seq 1 30); do
+    api GET /.well-known/jwks.json 198.51.100.5
+    [[ "$CODE" == 200 ]] || fail "JWKS request $i: $CODE"
+done
+api GET /.well-known/jwks.json 198.51.100.5
+expect_429 "31st request on the global rule"
+expect_eq "$(header ratelimit-policy)" '"global";q=30;w=60' "global RateLimit-Policy on a refusal"
+api GET /no/such/path 198.51.100.5
+expect_eq "$CODE" 429 "unknown paths count on the global rule too"
+api GET /healthz 198.51.100.5
+expect_eq "$CODE" 200 "/healthz (load-balancer probes) is never limited"
+
+# ---- per-account lockout ----
+EMAIL=alice@example.com
+PASS="correct horse battery staple"
+api POST /v1/auth/register 198.51.100.10 "$(creds "$EMAIL" "$PASS")"
+expect_eq "$CODE" 201 "register $EMAIL"
+for i in 1 2 3; do # from three addresses: the account counts, not the IP
+    login "198.51.100.1$i" "$EMAIL" wrong-password
+    expect_eq "$CODE" 401 "wrong password $i"
+done
+login 198.51.100.14 "$EMAIL" "$PASS"
+expect_429 "right password during the delay"
+expect_contains "$BODY" "account" "lockout message"
+known_body=$BODY
+known_ra=$(header retry-after)
+# an unknown email gets exactly the same answer after the same failures
+for i in 1 2 3; do
+    login "198.51.100.2$i" ghost@example.com wrong-password
+    expect_eq "$CODE" 401 "unknown email failure $i"
+done
+login 198.51.100.24 ghost@example.com wrong-password
+expect_429 "unknown email after the threshold"
+expect_eq "$BODY" "$known_body" "lockout body identical for an unknown email"
+expect_eq "$(header retry-after)" "$known_ra" "lockout Retry-After identical for an unknown email"
+sleep 1.1
+login 198.51.100.15 "$EMAIL" "$PASS"
+expect_eq "$CODE" 200 "right password after the delay"
+# the success reset the count: three failures before the next delay
+for i in 1 2 3; do
+    login 198.51.100.16 "$EMAIL" wrong-password
+    expect_eq "$CODE" 401 "failure $i after the reset"
+done
+login 198.51.100.16 "$EMAIL" wrong-password
+expect_429 "delay again after three new failures"
+
+# ---- hard lock at max_failures (6): delays 1, 2, 2 s, then locked for reset_after ----
+note "driving ghost@example.com to the hard lock (about 5 s of delays)"
+n=3
+for _ in $(seq 1 40); do
+    login 198.51.100.30 ghost@example.com wrong-password
+    [[ "$CODE" == 401 ]] && n=$((n + 1))
+    ((n >= 6)) && break
+    [[ "$CODE" == 401 || "$CODE" == 429 ]] || fail "unexpected $CODE while driving to the lock"
+    sleep 0.5
+done
+expect_eq "$n" 6 "failures counted up to max_failures"
+login 198.51.100.31 ghost@example.com wrong-password
+expect_429 "hard lock"
+ra=$(header retry-after)
+((ra > 50 && ra <= 60)) || fail "hard lock Retry-After $ra, expected about reset_after (60)"
+
+# ---- without trusted proxies (after a reload) X-Forwarded-For is ignored ----
+EXTRA_CONFIG=${EXTRA_CONFIG/trusted_proxies = \[\"127.0.0.1\"\];/trusted_proxies = [];}
+[[ "$EXTRA_CONFIG" != *127.0.0.1* ]] || fail "test bug: trusted_proxies not removed"
+write_config
+gen=$(generation)
+authd reload >/dev/null || fail "reload refused"
+wait_until 20 eval '[[ "$(ready_count $((gen + 1)))" -ge $WORKERS ]]' || fail "new generation not ready"
+codes=""
+for i in 1 2 3 4 5 6; do
+    login "203.0.113.$i" "spoof$i@example.com" wrong-password
+    codes+="$CODE "
+done
+note "six logins with six forged X-Forwarded-For addresses: $codes"
+expect_contains "$codes" 429 "forged X-Forwarded-For from an untrusted peer must not evade the limit"
+if grep -q '"ip":"203.0.113.1"' "$SERVER_STDERR"; then
+    fail "a forged X-Forwarded-For address reached the audit log"
+fi
+
+# ---- metrics and readiness ----
+m=$("${CURL[@]}" "$(admin_url /metrics)")
+for rule in login register refresh global account; do
+    v=$(awk -v n="authd_ratelimit_limited_total{rule=\"$rule\"}" 'index($0, n " ") == 1 { print $2 }' <<<"$m")
+    [[ -n "$v" && "$v" -gt 0 ]] || fail "authd_ratelimit_limited_total{rule=\"$rule\"} = '$v'"
+done
+expect_match "$m" 'authd_ratelimit_lockouts_total [1-9]' "lockouts counted"
+expect_match "$m" 'authd_ratelimit_checks_total\{backend="shm"\} [1-9]' "shm checks counted"
+expect_match "$m" 'authd_ratelimit_checks_total\{backend="redis"\} 0' "no redis checks"
+expect_match "$m" 'authd_ratelimit_fallback_active 0' "no fallback on shm"
+expect_match "$m" 'authd_auth_events_total\{event="login",result="failure"\} [1-9]' "login failures counted"
+expect_match "$m" 'authd_auth_events_total\{event="login",result="success"\} [1-9]' "login successes counted"
+expect_match "$m" 'authd_auth_events_total\{event="register",result="success"\} [1-9]' "registrations counted"
+expect_match "$m" 'authd_http_requests_total\{route="login",status="429"\} [1-9]' "429 counted on the login route"
+ready=$("${CURL[@]}" "$(admin_url /readyz)")
+expect_eq "$(printf '%s' "$ready" | json "d['checks']['ratelimit']")" ok "/readyz ratelimit check"
+# the audit lines carry the client address from X-Forwarded-For
+grep -q '"ip":"198.51.100.15"' "$SERVER_STDERR" || fail "audit line without the forwarded client address"
+pass

@@ -1,0 +1,325 @@
+/* Unit tests for shared/ratelimit.c and shared/ratelimit_shm.c: GCRA, the lockout schedule,
+ * client IP extraction, and the shm table across fork(). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "shared/metrics.h"
+#include "shared/ratelimit.h"
+
+#define S 1000000LL /* one second in microseconds */
+
+static void test_gcra_burst_then_rate(void **state)
+{
+    int64_t tat = 0, now = 1000 * S;
+    struct rl_result r;
+
+    /* 3 per 60 s: three at once, the fourth refused for 20 s. */
+    assert_int_equal(rl_gcra(&tat, now, 3, 60 * S, &r), 1);
+    assert_int_equal(r.remaining, 2);
+    assert_int_equal(rl_gcra(&tat, now, 3, 60 * S, &r), 1);
+    assert_int_equal(r.remaining, 1);
+    assert_int_equal(rl_gcra(&tat, now, 3, 60 * S, &r), 1);
+    assert_int_equal(r.remaining, 0);
+    assert_true(r.reset > 59.9 && r.reset <= 60.0);
+    int64_t before = tat;
+    assert_int_equal(rl_gcra(&tat, now, 3, 60 * S, &r), 0);
+    assert_int_equal(tat, before); /* a refusal consumes nothing */
+    assert_true(r.retry_after > 19.99 && r.retry_after <= 20.0);
+    /* 20 s later exactly one more fits. */
+    assert_int_equal(rl_gcra(&tat, now + 20 * S, 3, 60 * S, &r), 1);
+    assert_int_equal(rl_gcra(&tat, now + 20 * S, 3, 60 * S, &r), 0);
+    /* After a whole idle period the burst is back. */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rl_gcra(&tat, now + 200 * S, 3, 60 * S, &r), 1);
+    assert_int_equal(rl_gcra(&tat, now + 200 * S, 3, 60 * S, &r), 0);
+}
+
+static void test_gcra_sustained_rate(void **state)
+{
+    int64_t tat = 0, now = 5 * S;
+    struct rl_result r;
+    int allowed = 0;
+
+    /* 600/min hammered every 10 ms for 60 s: the burst plus one per 100 ms. */
+    for (int i = 0; i < 6000; i++)
+        allowed += rl_gcra(&tat, now + (int64_t)i * 10000, 600, 60 * S, &r);
+    assert_in_range(allowed, 600 + 599, 600 + 601);
+}
+
+static const struct rl_lockout lk = {
+    .threshold = 5,
+    .base_delay_us = 1 * S,
+    .max_delay_us = 900 * S,
+    .max_failures = 100,
+    .reset_after_us = 86400 * S,
+};
+
+static void test_lockout_schedule(void **state)
+{
+    assert_int_equal(rl_lockout_wait(&lk, 0, 0), 0);
+    assert_int_equal(rl_lockout_wait(&lk, 4, 0), 0);
+    assert_int_equal(rl_lockout_wait(&lk, 5, 0), 1 * S);
+    assert_int_equal(rl_lockout_wait(&lk, 6, 0), 2 * S);
+    assert_int_equal(rl_lockout_wait(&lk, 7, 0), 4 * S);
+    assert_int_equal(rl_lockout_wait(&lk, 14, 0), 512 * S);
+    assert_int_equal(rl_lockout_wait(&lk, 15, 0), 900 * S); /* capped */
+    assert_int_equal(rl_lockout_wait(&lk, 99, 0), 900 * S);
+    assert_int_equal(rl_lockout_wait(&lk, 7, 3 * S), 1 * S); /* time already waited counts */
+    assert_int_equal(rl_lockout_wait(&lk, 7, 5 * S), 0);
+    /* The hard lock lasts reset_after from the last counted failure, never longer. */
+    assert_int_equal(rl_lockout_wait(&lk, 100, 0), 86400 * S);
+    assert_int_equal(rl_lockout_wait(&lk, 100, 86400 * S), 0);
+}
+
+static void test_account_attempts(void **state)
+{
+    int64_t f = 0, last = 0, now = 1000 * S;
+    struct rl_result r;
+
+    for (int i = 1; i <= 5; i++) {
+        assert_int_equal(rl_account_attempt(&f, &last, now, &lk, &r), 1);
+        assert_int_equal(r.failures, i);
+    }
+    /* The sixth at once waits base_delay, refused attempts are not counted. */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(rl_account_attempt(&f, &last, now + 500000, &lk, &r), 0);
+        assert_true(r.retry_after > 0.49 && r.retry_after <= 0.5);
+    }
+    assert_int_equal(f, 5);
+    assert_int_equal(rl_account_attempt(&f, &last, now + S, &lk, &r), 1);
+    assert_int_equal(f, 6);
+    /* Up to the hard cap: at most max_failures are ever counted, whatever the pace. */
+    int64_t t = now + S;
+    int counted = 6;
+    for (int i = 0; i < 100000 && t < now + 86000 * S; i++) {
+        t += 60 * S;
+        counted += rl_account_attempt(&f, &last, t, &lk, &r);
+    }
+    assert_int_equal(counted, 100);
+    assert_int_equal(f, 100);
+    /* Locked: refused until reset_after has passed since the last failure, then it resets. */
+    assert_int_equal(rl_account_attempt(&f, &last, last + 86399 * S, &lk, &r), 0);
+    assert_int_equal(rl_account_attempt(&f, &last, last + 86400 * S, &lk, &r), 1);
+    assert_int_equal(r.failures, 1);
+}
+
+static void test_client_ip(void **state)
+{
+    struct config_cidr p[2];
+    char out[64];
+
+    assert_int_equal(config_parse_cidr("10.0.0.0/8", &p[0]), 0);
+    assert_int_equal(config_parse_cidr("::1", &p[1]), 0);
+    /* No trusted proxies: XFF is ignored. */
+    rl_client_ip(p, 0, "10.1.2.3", "203.0.113.9", out, sizeof(out));
+    assert_string_equal(out, "10.1.2.3");
+    /* An untrusted peer cannot choose its address. */
+    rl_client_ip(p, 2, "198.51.100.7", "203.0.113.9", out, sizeof(out));
+    assert_string_equal(out, "198.51.100.7");
+    /* A trusted peer: the right-most untrusted hop. */
+    rl_client_ip(p, 2, "10.1.2.3", "203.0.113.9", out, sizeof(out));
+    assert_string_equal(out, "203.0.113.9");
+    rl_client_ip(p, 2, "10.1.2.3", "1.1.1.1, 203.0.113.9 , 10.9.9.9", out, sizeof(out));
+    assert_string_equal(out, "203.0.113.9");
+    rl_client_ip(p, 2, "::1", "2001:db8::1", out, sizeof(out));
+    assert_string_equal(out, "2001:db8::1");
+    /* All hops trusted: the left-most. */
+    rl_client_ip(p, 2, "10.1.2.3", "10.0.0.1,10.0.0.2", out, sizeof(out));
+    assert_string_equal(out, "10.0.0.1");
+    /* Garbage stops the walk at the last good hop. */
+    rl_client_ip(p, 2, "10.1.2.3", "evil, 10.0.0.2", out, sizeof(out));
+    assert_string_equal(out, "10.0.0.2");
+    rl_client_ip(p, 2, "10.1.2.3", "not-an-ip", out, sizeof(out));
+    assert_string_equal(out, "10.1.2.3");
+    rl_client_ip(p, 2, "10.1.2.3", "", out, sizeof(out));
+    assert_string_equal(out, "10.1.2.3");
+}
+
+struct gcra_arg {
+    int limit;
+    int64_t period;
+    int allowed;
+};
+
+static int gcra_fn(struct rl_state *st, int found, int64_t now, void *arg)
+{
+    struct gcra_arg *g = arg;
+    struct rl_result r;
+
+    g->allowed = rl_gcra(&st->a, now, g->limit, g->period, &r);
+    st->expires_us = st->a;
+    return g->allowed;
+}
+
+static void test_shm_across_fork(void **state)
+{
+    struct rl_shm *t = rl_shm_create(256);
+    int64_t now = 1000 * S;
+    const int children = 4, tries = 500, limit = 1000;
+
+    assert_non_null(t);
+    uint64_t key = rl_shm_key(t, RL_LOGIN, "192.0.2.1");
+    assert_int_not_equal(key, 0);
+    assert_int_not_equal(key, rl_shm_key(t, RL_REGISTER, "192.0.2.1"));
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    for (int c = 0; c < children; c++) {
+        if (fork() == 0) {
+            int mine = 0;
+            for (int i = 0; i < tries; i++) {
+                struct gcra_arg g = {limit, 3600 * S, 0};
+                rl_shm_update(t, key, now, getpid(), gcra_fn, &g);
+                mine += g.allowed;
+            }
+            ssize_t w = write(pipefd[1], &mine, sizeof(mine));
+            _exit(w == sizeof(mine) ? 0 : 1);
+        }
+    }
+    int total = 0;
+    for (int c = 0; c < children; c++) {
+        int st, mine;
+        assert_int_equal(read(pipefd[0], &mine, sizeof(mine)), sizeof(mine));
+        total += mine;
+        wait(&st);
+        assert_int_equal(WEXITSTATUS(st), 0);
+    }
+    /* 2000 attempts by 4 processes on one key: exactly the limit got through. */
+    assert_int_equal(total, limit);
+    close(pipefd[0]);
+    close(pipefd[1]);
+    rl_shm_destroy(t);
+}
+
+static void test_shm_bounded_eviction(void **state)
+{
+    struct rl_shm *t = rl_shm_create(256);
+    int64_t now = 1000 * S;
+    char key[32];
+
+    assert_non_null(t);
+    int cap = rl_shm_capacity(t);
+    assert_true(cap >= 256);
+    /* Far more keys than entries: every update still succeeds (oldest evicted). */
+    for (int i = 0; i < cap * 8; i++) {
+        struct gcra_arg g = {5, 60 * S, 0};
+        snprintf(key, sizeof(key), "k%d", i);
+        rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g);
+        assert_int_equal(g.allowed, 1);
+    }
+    /* A recent key is still there: its sixth request within the period is refused. */
+    snprintf(key, sizeof(key), "k%d", cap * 8 - 1);
+    for (int i = 0; i < 4; i++) {
+        struct gcra_arg g = {5, 60 * S, 0};
+        rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g);
+        assert_int_equal(g.allowed, 1);
+    }
+    struct gcra_arg g = {5, 60 * S, 0};
+    rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g);
+    assert_int_equal(g.allowed, 0);
+    rl_shm_destroy(t);
+}
+
+static int hold_fn(struct rl_state *st, int found, int64_t now, void *arg)
+{
+    _exit(0); /* dies holding the bucket lock */
+}
+
+static void test_shm_dead_lock_owner(void **state)
+{
+    struct rl_shm *t = rl_shm_create(256);
+    uint64_t key;
+    int st;
+
+    assert_non_null(t);
+    key = rl_shm_key(t, RL_ACCOUNT, "abc");
+    pid_t pid = fork();
+    if (pid == 0)
+        rl_shm_update(t, key, 1, getpid(), hold_fn, NULL);
+    waitpid(pid, &st, 0);
+    /* The lock of the dead process is taken over instead of spinning forever. */
+    struct gcra_arg g = {5, 60 * S, 0};
+    rl_shm_update(t, key, 1000 * S, getpid(), gcra_fn, &g);
+    assert_int_equal(g.allowed, 1);
+    rl_shm_destroy(t);
+}
+
+static void test_account_key(void **state)
+{
+    char a[RL_KEY_MAX], b[RL_KEY_MAX];
+
+    ratelimit_account_key("alice@example.com", a);
+    ratelimit_account_key("alice@example.com", b);
+    assert_string_equal(a, b);
+    assert_int_equal(strlen(a), 32);
+    ratelimit_account_key("bob@example.com", b);
+    assert_string_not_equal(a, b);
+}
+
+/* The limiter's metrics, summed over the slots; the fallback gauge only counts live workers. */
+static void test_metrics(void **state)
+{
+    struct health *h = health_create();
+    size_t len;
+
+    assert_non_null(h);
+    int a = health_slot_claim(h, 1, 0), b = health_slot_claim(h, 1, 0);
+    health_slot_state(h, a, SLOT_READY);
+    health_slot_state(h, b, SLOT_READY);
+    atomic_store(&h->slot[a].rl_limited_total[RL_LOGIN], 3);
+    atomic_store(&h->slot[b].rl_limited_total[RL_LOGIN], 4);
+    atomic_store(&h->slot[b].rl_limited_total[RL_ACCOUNT], 1);
+    atomic_store(&h->slot[a].rl_lockouts_total, 2);
+    atomic_store(&h->slot[a].rl_checks_total[1], 10);
+    atomic_store(&h->slot[b].rl_redis_latency_bucket[0], 5);
+    atomic_store(&h->slot[b].rl_redis_latency_bucket[HEALTH_RL_BUCKETS - 1], 1);
+    atomic_store(&h->slot[a].auth_events[AUTH_EV_REFRESH_REUSE][1], 6);
+    atomic_store(&h->slot[b].rl_fallback, 1);
+    char *text = metrics_render(h, &len);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "authd_ratelimit_limited_total{rule=\"login\"} 7\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_limited_total{rule=\"account\"} 1\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_limited_total{rule=\"global\"} 0\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_lockouts_total 2\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_checks_total{backend=\"redis\"} 10\n"));
+    assert_non_null(
+        strstr(text, "authd_ratelimit_redis_latency_seconds_bucket{le=\"0.0001\"} 5\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_redis_latency_seconds_bucket{le=\"+Inf\"} 6\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_redis_latency_seconds_count 6\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_fallback_active 1\n"));
+    assert_non_null(
+        strstr(text, "authd_auth_events_total{event=\"refresh_reuse\",result=\"failure\"} 6\n"));
+    free(text);
+    /* The worker on fallback is gone: the gauge drops, its counters stay. */
+    health_slot_release(h, b);
+    text = metrics_render(h, &len);
+    assert_non_null(strstr(text, "authd_ratelimit_fallback_active 0\n"));
+    assert_non_null(strstr(text, "authd_ratelimit_limited_total{rule=\"login\"} 7\n"));
+    free(text);
+    health_destroy(h);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gcra_burst_then_rate),
+        cmocka_unit_test(test_gcra_sustained_rate),
+        cmocka_unit_test(test_lockout_schedule),
+        cmocka_unit_test(test_account_attempts),
+        cmocka_unit_test(test_client_ip),
+        cmocka_unit_test(test_shm_across_fork),
+        cmocka_unit_test(test_shm_bounded_eviction),
+        cmocka_unit_test(test_shm_dead_lock_owner),
+        cmocka_unit_test(test_account_key),
+        cmocka_unit_test(test_metrics),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
