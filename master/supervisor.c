@@ -408,9 +408,11 @@ static void reap(void)
 {
     int st;
     pid_t pid;
+    struct rusage ru;
 
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+    while ((pid = wait4(-1, &st, WNOHANG, &ru)) > 0) {
         if (pid == sup.bk.pid) {
+            atomic_fetch_add(&sup.h->children_cpu_us, health_rusage_us(&ru));
             backup_reaped(st);
             continue;
         }
@@ -422,6 +424,7 @@ static void reap(void)
             continue; /* not ours: an orphan we adopted as PID 1 */
         struct proc p = sup.procs[slot];
         sup.procs[slot] = (struct proc){0};
+        health_slot_cpu(sup.h, slot, health_rusage_us(&ru));
         health_slot_release(sup.h, slot);
         if (p.position >= 0 && sup.pos[p.position].slot == slot)
             sup.pos[p.position].slot = -1;
@@ -743,6 +746,7 @@ static void tick(void)
     if (now - sup.last_rss_ms >= 1000) {
         sup.last_rss_ms = now;
         atomic_store(&sup.h->master_rss_bytes, health_self_rss());
+        atomic_store(&sup.h->master_cpu_us, health_self_cpu_us());
     }
     if (sup.watchdog_usec > 0 && (uint64_t)(now - sup.last_wd_ms) * 1000 >= sup.watchdog_usec / 2) {
         sup.last_wd_ms = now;

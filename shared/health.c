@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -78,6 +79,7 @@ int health_slot_claim(struct health *h, unsigned generation, int64_t now_mono_ms
     atomic_store(&c->inflight, 0);
     atomic_store(&c->rss_bytes, 0);
     atomic_store(&c->offload_queued, 0);
+    atomic_store(&c->cpu_base_us, atomic_load(&c->cpu_us));
     return pick;
 }
 
@@ -117,6 +119,17 @@ void health_slot_beat(struct health *h, int slot, int64_t now_mono_ms, long rss_
     atomic_store_explicit(&h->ident[slot].heartbeat_ms, now_mono_ms, memory_order_release);
     if (rss_bytes >= 0)
         atomic_store_explicit(&h->slot[slot].rss_bytes, rss_bytes, memory_order_relaxed);
+}
+
+void health_slot_cpu(struct health *h, int slot, uint64_t cpu_us)
+{
+    struct health_slot *c = &h->slot[slot];
+    uint64_t v = atomic_load(&c->cpu_base_us) + cpu_us;
+    unsigned long long cur = atomic_load(&c->cpu_us);
+
+    /* Never backwards: the master's final figure and a late heartbeat may cross. */
+    while (cur < v && !atomic_compare_exchange_weak(&c->cpu_us, &cur, v))
+        ;
 }
 
 int health_status_index(int status)
@@ -177,6 +190,15 @@ int64_t health_now_wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t health_self_cpu_us(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return health_rusage_us(&ru);
 }
 
 long health_self_rss(void)

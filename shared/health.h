@@ -14,6 +14,7 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include "shared/route.h"
@@ -93,6 +94,15 @@ struct health_slot {
     atomic_ullong rl_redis_latency_sum_us;
     atomic_uint rl_fallback; /* gauge: 1 while this worker's Redis backend is not usable */
     atomic_ullong auth_events[HEALTH_AUTH_EVENTS][2]; /* [event][0 success, 1 failure] */
+
+    /*
+     * CPU time (user + system, all threads) of every worker that held this slot, in µs. Like
+     * the counters it only grows: claim sets cpu_base_us to it, the worker publishes
+     * base + its own rusage at each heartbeat, and the master, when it reaps the worker, raises
+     * it to base + the final rusage wait4() reports.
+     */
+    atomic_ullong cpu_us;
+    atomic_ullong cpu_base_us;
 };
 
 struct health {
@@ -107,6 +117,8 @@ struct health {
     atomic_ullong reload_failures_total;
     atomic_ullong worker_restarts_total;
     atomic_llong master_rss_bytes;
+    atomic_ullong master_cpu_us;   /* the master's own CPU time */
+    atomic_ullong children_cpu_us; /* reaped children that hold no slot (backups) */
     struct health_ident_slot ident[HEALTH_SLOTS];
     struct health_slot slot[HEALTH_SLOTS];
 
@@ -136,6 +148,8 @@ void health_slot_release(struct health *h, int slot);
 /* Worker: state changes and heartbeat. */
 void health_slot_state(struct health *h, int slot, enum health_state state);
 void health_slot_beat(struct health *h, int slot, int64_t now_mono_ms, long rss_bytes);
+/* Worker: publishes its CPU time `cpu_us`; master: the final one of a reaped worker. */
+void health_slot_cpu(struct health *h, int slot, uint64_t cpu_us);
 void health_count_request(struct health_slot *s, enum route_id route, int status,
                           uint64_t latency_us);
 
@@ -160,5 +174,13 @@ int64_t health_now_mono_ms(void);
 int64_t health_now_wall_ms(void);
 /* Resident set size of the calling process in bytes (from /proc/self/statm), or -1. */
 long health_self_rss(void);
+/* User + system CPU time of the calling process (all threads), in µs. */
+uint64_t health_self_cpu_us(void);
+/* User + system time of `ru` in µs. */
+static inline uint64_t health_rusage_us(const struct rusage *ru)
+{
+    return (uint64_t)ru->ru_utime.tv_sec * 1000000u + (uint64_t)ru->ru_utime.tv_usec +
+           (uint64_t)ru->ru_stime.tv_sec * 1000000u + (uint64_t)ru->ru_stime.tv_usec;
+}
 
 #endif

@@ -220,6 +220,31 @@ static void render_backup(FILE *f, const struct health *h)
                  (long long)LOAD(h->backup_running));
 }
 
+/*
+ * The standard process_* metrics, for authd as a whole (master + workers + backup children),
+ * so that one scrape answers "how much CPU and memory does authd use" without cAdvisor.
+ */
+static void render_process(FILE *f, const struct health *h)
+{
+    unsigned long long cpu = LOAD(h->master_cpu_us) + LOAD(h->children_cpu_us);
+    long long rss = LOAD(h->master_rss_bytes);
+
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        if (!health_slot_used(h, i))
+            continue;
+        cpu += LOAD(h->slot[i].cpu_us);
+        if (LOAD(h->ident[i].state) != SLOT_FREE)
+            rss += LOAD(h->slot[i].rss_bytes);
+    }
+    metric_head(f, "process_cpu_seconds_total", "counter",
+                "User and system CPU time of the master, its workers and backup children.");
+    fprintf(f, "process_cpu_seconds_total %.6f\n", cpu / 1e6);
+    render_gauge(f, "process_resident_memory_bytes", "gauge",
+                 "Resident set size of the master plus every live worker.", rss);
+    render_gauge(f, "process_start_time_seconds", "gauge", "Unix time the master started.",
+                 (long long)(LOAD(h->started_ms) / 1000));
+}
+
 char *metrics_render(const struct health *h, size_t *len_r)
 {
     char *out = NULL;
@@ -269,6 +294,7 @@ char *metrics_render(const struct health *h, size_t *len_r)
                  "Resident set size of the master process.", (long long)LOAD(h->master_rss_bytes));
     render_gauge(f, "authd_start_time_seconds", "gauge", "Unix time the master started.",
                  (long long)(LOAD(h->started_ms) / 1000));
+    render_process(f, h);
     render_backup(f, h);
     free(t);
     fclose(f);

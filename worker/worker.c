@@ -87,6 +87,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     }
     w->served_at_beat = w->served;
     health_slot_beat(w->health, w->slot, health_now_mono_ms(), health_self_rss());
+    health_slot_cpu(w->health, w->slot, health_self_cpu_us());
     atomic_store_explicit(&w->hs->offload_queued,
                           offload_pending(w->offload) + offload_pending(w->store_pool),
                           memory_order_relaxed);

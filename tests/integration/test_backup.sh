@@ -355,6 +355,16 @@ if [[ -n "$MONGO_URI" ]]; then
     AUTHD_STORE_PATH="$T/ref.db" AUTHD_CONTROL_SOCKET="$T/none.sock" authd restore "$OFFLINE" >/dev/null ||
         fail "restore of the SQLite backup into a new SQLite file"
     expect_eq "$(sqlite3 "$T/from-mongo.db" "$q")" "$(sqlite3 "$T/ref.db" "$q")" "sqlite -> mongo -> sqlite content"
+    # The users restored into MongoDB log in there with their old passwords.
+    authd stop >/dev/null || fail "authd stop before the MongoDB server"
+    wait_server_exit 30 || fail "server did not stop"
+    export AUTHD_STORE_DRIVER=mongo AUTHD_STORE_URI="$MONGO_URI" AUTHD_STORE_DATABASE="$db"
+    start_server 60
+    # shellcheck disable=SC2086
+    client login $SAMPLE >/dev/null || fail "sampled logins on MongoDB after the sqlite -> mongo restore"
+    authd stop >/dev/null || fail "authd stop (MongoDB)"
+    wait_server_exit 30 || fail "server on MongoDB did not stop"
+    unset AUTHD_STORE_DRIVER AUTHD_STORE_URI AUTHD_STORE_DATABASE
 else
     note "AUTHD_TEST_MONGO_URI is not set: the SQLite <-> MongoDB round trip was not run"
 fi

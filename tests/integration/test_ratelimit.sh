@@ -157,9 +157,10 @@ ra=$(header retry-after)
 EXTRA_CONFIG=${EXTRA_CONFIG/trusted_proxies = \[\"127.0.0.1\"\];/trusted_proxies = [];}
 [[ "$EXTRA_CONFIG" != *127.0.0.1* ]] || fail "test bug: trusted_proxies not removed"
 write_config
-gen=$(generation)
+# shellcheck disable=SC2034 # read by the eval below
+next_gen=$(($(generation) + 1))
 authd reload >/dev/null || fail "reload refused"
-wait_until 20 eval '[[ "$(ready_count $((gen + 1)))" -ge $WORKERS ]]' || fail "new generation not ready"
+wait_until 20 eval '[[ "$(ready_count "$next_gen")" -ge $WORKERS ]]' || fail "new generation not ready"
 codes=""
 for i in 1 2 3 4 5 6; do
     login "203.0.113.$i" "spoof$i@example.com" wrong-password

@@ -38,6 +38,11 @@ pids=$(worker_pids)
 victim=${pids%% *}
 other=${pids##* }
 [[ "$victim" != "$other" ]] || fail "expected two workers, got '$pids'"
+# process_cpu_seconds_total counts master + workers and must not fall when a worker dies.
+sleep 1.1 # one master tick and a few heartbeats
+cpu_before=$(metric process_cpu_seconds_total)
+awk -v c="$cpu_before" 'BEGIN { exit !(c + 0 > 0) }' ||
+    fail "process_cpu_seconds_total should be positive, got '$cpu_before'"
 t0=$(now_ms)
 kill -KILL "$victim"
 wait_until 6 replaced "$victim" || fail "worker $victim not replaced within 6s (status: $(worker_pids))"
@@ -47,6 +52,10 @@ note "SIGKILLed worker $victim replaced in ${took} ms by $(worker_pids)"
 proc_alive "$other" || fail "the other worker $other died too"
 all_ok 10
 expect_eq "$(metric authd_worker_restarts_total)" 1 "authd_worker_restarts_total after one kill"
+cpu_after=$(metric process_cpu_seconds_total)
+awk -v a="$cpu_after" -v b="$cpu_before" 'BEGIN { exit !(a + 0 >= b + 0) }' ||
+    fail "process_cpu_seconds_total fell from $cpu_before to $cpu_after when a worker died"
+note "process_cpu_seconds_total $cpu_before -> $cpu_after across the kill"
 expect_eq "$(status_json | json "d['worker_restarts']")" 1 "status worker_restarts after one kill"
 grep -q "worker pid $victim .*killed by signal 9" "$SERVER_STDERR" || fail "no log line for the killed worker"
 expect_eq "$(generation)" 1 "generation unchanged by a respawn"
