@@ -27,6 +27,11 @@
 
 volatile sig_atomic_t backup_cancel;
 
+static int cancelled(void)
+{
+    return backup_cancel || store_dump_cancel;
+}
+
 static const char *const collections[BACKUP_COLLECTIONS] = {STORE_COLLECTIONS};
 
 static int collection_index(const char *name)
@@ -91,6 +96,13 @@ int backup_key_load(const char *path, unsigned char key[BACKUP_KEY_LEN], char *e
                   "backup.encryption_key_file %s: mode %04o: must be a regular file that only "
                   "its owner (and group, read-only) can access, e.g. chmod 0600 or 0640",
                   path, (unsigned)(sb.st_mode & 07777));
+        goto out;
+    }
+    if (sb.st_uid != geteuid() && sb.st_uid != 0) {
+        error_set(err, errlen,
+                  "backup.encryption_key_file %s: owned by uid %u: must be owned by root or by "
+                  "the user authd runs as (uid %u)",
+                  path, (unsigned)sb.st_uid, (unsigned)geteuid());
         goto out;
     }
     n = read(fd, buf, sizeof(buf));
@@ -397,6 +409,7 @@ struct backup_reader {
     unsigned char *chunk; /* payload + tag of the current chunk */
     char *buf;            /* inflated bytes not consumed yet: buf[off..len) */
     size_t off, len, cap;
+    size_t scanned; /* buf[off..off+scanned) was searched for a newline already */
     char collection[32];
     int64_t seen[BACKUP_COLLECTIONS];
     char err[512];
@@ -456,12 +469,23 @@ static int check_header(struct backup_reader *r)
     r->info.created_ms = (int64_t)get_be(h + 16, 8);
     memcpy(r->info.driver, h + 24, 16);
     r->info.driver[16] = '\0';
+    /* The driver name is printed: [a-z0-9_-]+, then zero bytes only. */
+    size_t dl = strspn(r->info.driver, "abcdefghijklmnopqrstuvwxyz0123456789_-");
+    for (size_t i = dl; i < 16; i++)
+        if (h[24 + i] != 0)
+            dl = 0;
+    if (dl == 0)
+        return rfail(r, "corrupt header: bad store driver name");
     if (memcmp(h + 60, zero, 4) != 0)
         return rfail(r, "corrupt header: reserved bytes are not zero");
     if (!(r->info.flags & BACKUP_FLAG_AES_GCM)) {
         if (memcmp(h + 40, zero, 8) != 0 || memcmp(h + 48, zero, 8) != 0 ||
             memcmp(h + 56, zero, 4) != 0)
             return rfail(r, "corrupt header: nonce or key id set in an unencrypted file");
+        if (r->have_key)
+            return rfail(r, "the file is not encrypted but backup.encryption_key_file is set: its "
+                            "origin cannot be authenticated (run with "
+                            "AUTHD_BACKUP_ENCRYPTION_KEY_FILE= to accept it)");
         return 0;
     }
     hex_encode(h + 52, KEY_ID_LEN, r->info.key_id);
@@ -552,6 +576,8 @@ static int read_chunk(struct backup_reader *r)
     uint64_t ix = r->info.chunks;
     size_t tag = r->info.flags & BACKUP_FLAG_AES_GCM ? BACKUP_TAG_LEN : 0;
 
+    if (cancelled())
+        return rfail(r, "cancelled");
     ssize_t n = read_full(r->fd, word, 4);
     if (n < 0)
         return rfail(r, "read: %s", strerror(errno));
@@ -603,7 +629,10 @@ static int fill(struct backup_reader *r)
     }
     if (r->z_end)
         return rfail(r, "data after the end of the compressed stream");
-    if (r->off > 0) {
+    if (cancelled())
+        return rfail(r, "cancelled");
+    /* Consumed bytes are dropped only when room is needed: one move per buffer, not per fill. */
+    if (r->off > 0 && r->cap - r->len < INFLATE_STEP) {
         memmove(r->buf, r->buf + r->off, r->len - r->off);
         r->len -= r->off;
         r->off = 0;
@@ -689,11 +718,15 @@ int backup_reader_next(struct backup_reader *r, const char **collection, json_t 
     if (r->err[0])
         return -1;
     for (;;) {
-        char *nl = r->len > r->off ? memchr(r->buf + r->off, '\n', r->len - r->off) : NULL;
+        /* buf[off .. off+scanned) holds no newline: only the bytes after it are searched. */
+        size_t from = r->off + r->scanned;
+        char *nl = r->len > from ? memchr(r->buf + from, '\n', r->len - from) : NULL;
+        r->scanned = r->len - r->off;
         if (nl != NULL) {
             size_t len = (size_t)(nl - (r->buf + r->off));
             int rc = parse_line(r, r->buf + r->off, len, doc);
             r->off += len + 1;
+            r->scanned = 0;
             if (rc < 0)
                 return -1;
             if (rc == 1) {
@@ -904,7 +937,7 @@ static int emit_record(void *ctx, const char *collection, json_t *doc)
 {
     struct run_ctx *rc = ctx;
 
-    if (backup_cancel)
+    if (cancelled())
         return -1;
     return backup_writer_record(rc->w, collection, doc);
 }
@@ -1042,8 +1075,8 @@ static int write_backup(const struct config *cfg, int fd, const char *tmp, const
             error_set(err, errlen, "%s: %s", tmp, e);
         else
             error_set(err, errlen, "%s",
-                      backup_cancel ? "cancelled"
-                                    : "the store could not be read (see the log line above)");
+                      cancelled() ? "cancelled"
+                                  : "the store could not be read (see the log line above)");
         goto out;
     }
     if (backup_writer_finish(w, &res->size) < 0) {
@@ -1086,6 +1119,13 @@ static int place(const char *tmp, const char *dir, const char *name, int standar
         }
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0)
             return 0;
+        if (errno == EINVAL || errno == ENOSYS) {
+            /* NFS, SMB and others have no RENAME_NOREPLACE: link() refuses to replace too. */
+            if (link(tmp, path) == 0) {
+                unlink(tmp);
+                return 0;
+            }
+        }
         if (errno != EEXIST || !standard)
             break;
     }
@@ -1162,16 +1202,9 @@ int backup_verify(const struct config *cfg, const char *path, struct backup_info
         error_set(err, errlen, "open(%s): %s", path, strerror(errno));
         goto out;
     }
+    /* The reader itself refuses an unencrypted file when a key is set. */
     ret = verify_fd(fd, have_key ? key : NULL, path, info, err, errlen);
     close(fd);
-    if (ret == 0 && have_key && !(info->flags & BACKUP_FLAG_AES_GCM)) {
-        error_set(err, errlen,
-                  "%s: the file is not encrypted but backup.encryption_key_file is set: its "
-                  "origin cannot be authenticated (run with AUTHD_BACKUP_ENCRYPTION_KEY_FILE= to "
-                  "accept it)",
-                  path);
-        ret = -1;
-    }
 out:
     OPENSSL_cleanse(key, sizeof(key));
     return ret;
@@ -1187,15 +1220,18 @@ static int restore_next(void *ctx, const char **collection, json_t **doc)
     return backup_reader_next(rc->r, collection, doc);
 }
 
-/* Second pass: streams the (verified) file into the store. */
-static int restore_into(const struct store_driver *drv, struct store *st, const char *path,
+/*
+ * Second pass: streams the file, verified through the same descriptor `fd`, into the store.
+ * (Not a new open() of the path: the file could have been replaced since the verification.)
+ */
+static int restore_into(const struct store_driver *drv, struct store *st, int fd, const char *path,
                         const unsigned char *key, char *err, size_t errlen)
 {
     char e[512] = "";
-    int fd = open(path, O_RDONLY | O_CLOEXEC), ret = -1;
+    int ret = -1;
 
-    if (fd < 0) {
-        error_set(err, errlen, "open(%s): %s", path, strerror(errno));
+    if (lseek(fd, 0, SEEK_SET) != 0) {
+        error_set(err, errlen, "lseek(%s): %s", path, strerror(errno));
         return -1;
     }
     struct restore_ctx ctx = {backup_reader_open(fd, key, e, sizeof(e))};
@@ -1209,7 +1245,6 @@ static int restore_into(const struct store_driver *drv, struct store *st, const 
         ret = 0;
     }
     backup_reader_free(ctx.r);
-    close(fd);
     return ret;
 }
 
@@ -1220,22 +1255,46 @@ int backup_restore(const struct config *cfg, const char *path, int force, struct
     unsigned char key[BACKUP_KEY_LEN];
     char e[512] = "";
     struct store *st = NULL;
-    int have_key, ret = -1;
+    struct backup_info local;
+    int have_key, fd = -1, ret = -1;
     int64_t users = 0;
 
+    if (info == NULL)
+        info = &local;
     if (drv == NULL || drv->restore == NULL || drv->count_users == NULL) {
         error_set(err, errlen, "store.driver \"%s\" cannot be restored by this authd",
                   cfg->store.driver);
         return -1;
     }
-    if (backup_verify(cfg, path, info, err, errlen) < 0) {
+    if (load_key(cfg, key, &have_key, err, errlen) < 0)
+        return -1;
+    /* One open: the verification and the restore read the same file, whatever happens to the
+     * path in between. */
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        error_set(err, errlen, "open(%s): %s", path, strerror(errno));
+    struct stat before, after;
+    if (fd >= 0 && (fstat(fd, &before) < 0 || !S_ISREG(before.st_mode))) {
+        error_set(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0 || verify_fd(fd, have_key ? key : NULL, path, info, err, errlen) < 0) {
         size_t l = strlen(err);
         error_set(err + l, errlen - l, " (the store was not touched)");
-        return -1;
+        goto out;
     }
-    have_key = cfg->backup.encryption_key_file && cfg->backup.encryption_key_file[0];
-    if (have_key && backup_key_load(cfg->backup.encryption_key_file, key, err, errlen) < 0)
-        return -1;
+    /* Someone with write access to the file itself could still change it in place: refuse a
+     * file that changed during the verification (the second pass checks every chunk, the
+     * counts and the SHA-256 again, and SQLite rolls back when it fails). */
+    if (fstat(fd, &after) < 0 || after.st_size != before.st_size ||
+        after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
+        after.st_mtim.tv_nsec != before.st_mtim.tv_nsec) {
+        error_set(err, errlen,
+                  "%s: the file changed while it was verified (the store was not "
+                  "touched)",
+                  path);
+        goto out;
+    }
     if ((st = drv->open(cfg, 1, e, sizeof(e))) == NULL) {
         error_set(err, errlen, "store: %s", e);
         goto out;
@@ -1251,7 +1310,7 @@ int backup_restore(const struct config *cfg, const char *path, int force, struct
                   drv->name, (long long)users);
         goto out;
     }
-    if (restore_into(drv, st, path, have_key ? key : NULL, err, errlen) < 0)
+    if (restore_into(drv, st, fd, path, have_key ? key : NULL, err, errlen) < 0)
         goto out;
     if (drv->count_users(st, &users) != STORE_OK || users != info->counts[0]) {
         error_set(err, errlen, "after the restore the store holds %lld users, the file %lld",
@@ -1262,6 +1321,8 @@ int backup_restore(const struct config *cfg, const char *path, int force, struct
 out:
     if (st != NULL)
         drv->close(st);
+    if (fd >= 0)
+        close(fd);
     OPENSSL_cleanse(key, sizeof(key));
     return ret;
 }
@@ -1280,12 +1341,12 @@ void backup_describe_result(const struct backup_result *res, char *out, size_t o
 void backup_describe_info(const char *path, const struct backup_info *info, char *out,
                           size_t outlen)
 {
-    char when[32];
+    char when[32] = "(invalid time)";
     time_t t = (time_t)(info->created_ms / 1000);
     struct tm tm;
 
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
     snprintf(out, outlen,
              "%s: format %u, %s store, created %s, %s, %lld bytes in %llu chunks, %lld users, "
              "%lld sessions, %lld refresh tokens, %lld audit events, SHA-256 ok",

@@ -286,13 +286,14 @@ static void worker_died(const struct proc *p, int slot, int st)
 /* ---- backups (a child process; the loop never waits for it) ---- */
 
 /*
- * SIGNAL HANDLER (backup child). Async-signal-safe: only sets the flag that makes the backup
- * stop at its next record and remove its temporary file.
+ * SIGNAL HANDLER (backup child). Async-signal-safe: only sets the flags that make the backup
+ * stop at its next record, chunk or snapshot batch and remove its temporary files.
  */
 static void on_backup_term(int sig)
 {
     (void)sig;
     backup_cancel = 1;
+    store_dump_cancel = 1;
 }
 
 /* In the backup child: runs the backup, writes the report into `wfd`, exits. */

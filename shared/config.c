@@ -127,12 +127,14 @@ static const struct key keys[] = {
     {"ratelimit.redis.retry_interval", K_DURATION, OFF(ratelimit.redis_retry_interval), "1", 0.05,
      300, NULL, 0, "Seconds between reconnection attempts while Redis is down."},
     {"ratelimit.redis.prefix", K_STRING, OFF(ratelimit.redis_prefix), "authd:rl:", 0, 0, NULL, 0,
-     "Prefix of every Redis key authd writes."},
+     "Prefix of every Redis key authd writes (at most 64 bytes)."},
     {"ratelimit.shm.slots", K_INT, OFF(ratelimit.shm_slots), "16384", 256, 4194304, NULL, 0,
      "Entries of the host-wide shared-memory limiter table (also the Redis fallback)."},
     {"ratelimit.trusted_proxies", K_LIST, OFF(ratelimit.trusted_proxies), "", 0,
      CONFIG_MAX_TRUSTED_PROXIES, NULL, 0,
      "Peers (address or CIDR) whose X-Forwarded-For names the client; empty = trust none."},
+    {"ratelimit.ipv6_prefix", K_INT, OFF(ratelimit.ipv6_prefix), "64", 32, 128, NULL, 0,
+     "IPv6 clients are limited per network of this prefix length (IPv4 per address)."},
     {"ratelimit.global.limit", K_INT, OFF(ratelimit.global.limit), "600", 0, 100000000, NULL, 0,
      "Requests per client IP per period on every public route; 0 = off."},
     {"ratelimit.global.period", K_DURATION, OFF(ratelimit.global.period), "60", 1, 86400, NULL, 0,
@@ -714,6 +716,10 @@ static void check_rules(const struct config *cfg, struct errors *e)
             err_add(e, "%s: ratelimit.trusted_proxies entry \"%s\" is not an address or CIDR", w,
                     cfg->ratelimit.trusted_proxies[i]);
         }
+    }
+    if (strlen(cfg->ratelimit.redis_prefix) > CONFIG_RL_PREFIX_MAX) {
+        where_of(cfg, "ratelimit.redis.prefix", NULL, w, sizeof(w));
+        err_add(e, "%s: ratelimit.redis.prefix is longer than %d bytes", w, CONFIG_RL_PREFIX_MAX);
     }
     if (cfg->ratelimit.lockout.max_delay < cfg->ratelimit.lockout.base_delay) {
         where_of(cfg, "ratelimit.lockout.max_delay", "ratelimit.lockout.base_delay", w, sizeof(w));

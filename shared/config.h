@@ -14,7 +14,9 @@
 #define CONFIG_MAX_WORKERS         64
 #define CONFIG_MAX_SIGNING_KEY     8
 #define CONFIG_MAX_TRUSTED_PROXIES 32
-#define CONFIG_DEFAULT_PATH        "/etc/authd/authd.conf"
+/* Longest ratelimit.redis.prefix (bytes): Redis keys are built in fixed buffers. */
+#define CONFIG_RL_PREFIX_MAX 64
+#define CONFIG_DEFAULT_PATH  "/etc/authd/authd.conf"
 
 struct config {
     char *path; /* file read, or NULL when running on built-in defaults */
@@ -89,6 +91,7 @@ struct config {
         int shm_slots;
         char *trusted_proxies[CONFIG_MAX_TRUSTED_PROXIES];
         int trusted_proxies_count;
+        int ipv6_prefix;
         struct config_rate {
             int limit;
             double period;

@@ -22,6 +22,7 @@ struct ratelimit {
     struct rl_lockout lockout;
     struct config_cidr proxies[CONFIG_MAX_TRUSTED_PROXIES];
     int nproxies;
+    int ipv6_prefix;
     pid_t pid;
 };
 
@@ -126,6 +127,12 @@ static int parse_addr(const char *text, size_t len, int *family, unsigned char a
         *family = AF_INET6;
     else
         return -1;
+    /* ::ffff:a.b.c.d (a dual-stack socket's IPv4 peer) is that IPv4 address. */
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (*family == AF_INET6 && memcmp(addr, mapped, sizeof(mapped)) == 0) {
+        memmove(addr, addr + 12, 4);
+        *family = AF_INET;
+    }
     return 0;
 }
 
@@ -150,8 +157,10 @@ void rl_client_ip(const struct config_cidr *proxies, int n, const char *peer, co
     int family;
 
     snprintf(out, outlen, "%s", peer);
-    if (n == 0 || xff == NULL || parse_addr(peer, strlen(peer), &family, a) < 0 ||
-        !trusted(proxies, n, family, a))
+    if (parse_addr(peer, strlen(peer), &family, a) < 0)
+        return;
+    addr_text(family, a, out, outlen); /* canonical, IPv4-mapped as IPv4 */
+    if (n == 0 || xff == NULL || !trusted(proxies, n, family, a))
         return;
     /* Walk X-Forwarded-For from the right: each hop appended the address it received from. */
     const char *end = xff + strlen(xff);
@@ -165,6 +174,41 @@ void rl_client_ip(const struct config_cidr *proxies, int n, const char *peer, co
         if (!trusted(proxies, n, family, a))
             return;
         end = start > xff ? start - 1 : xff;
+    }
+}
+
+void rl_client_key(int ipv6_prefix, const char *addr, char *out, size_t outlen)
+{
+    unsigned char a[16];
+    int family;
+    char text[INET6_ADDRSTRLEN];
+
+    if (parse_addr(addr, strlen(addr), &family, a) < 0) {
+        snprintf(out, outlen, "%s", addr);
+        return;
+    }
+    if (family == AF_INET6 && ipv6_prefix >= 0 && ipv6_prefix < 128) {
+        for (int i = 0; i < 16; i++) {
+            int bits = ipv6_prefix - 8 * i;
+            a[i] &= bits >= 8 ? 0xff : bits <= 0 ? 0 : (unsigned char)(0xff << (8 - bits));
+        }
+        addr_text(family, a, text, sizeof(text));
+        snprintf(out, outlen, "%s/%d", text, ipv6_prefix);
+        return;
+    }
+    addr_text(family, a, out, outlen);
+}
+
+/* A trusted proxy written as ::ffff:a.b.c.d[/96+n] matches IPv4 a.b.c.d[/n]. */
+static void unmap_cidr(struct config_cidr *c)
+{
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+    if (c->family == AF_INET6 && c->prefix >= 96 && memcmp(c->addr, mapped, 12) == 0) {
+        memmove(c->addr, c->addr + 12, 4);
+        memset(c->addr + 4, 0, 12);
+        c->family = AF_INET;
+        c->prefix -= 96;
     }
 }
 
@@ -191,7 +235,8 @@ struct ratelimit *ratelimit_new(const struct config *cfg, struct event_base *bas
     rl_lockout_from_config(cfg, &rl->lockout);
     for (int i = 0; i < cfg->ratelimit.trusted_proxies_count; i++)
         if (config_parse_cidr(cfg->ratelimit.trusted_proxies[i], &rl->proxies[rl->nproxies]) == 0)
-            rl->nproxies++;
+            unmap_cidr(&rl->proxies[rl->nproxies++]);
+    rl->ipv6_prefix = cfg->ratelimit.ipv6_prefix;
     atomic_store_explicit(&hs->rl_fallback, 0, memory_order_relaxed);
     if (strcmp(cfg->ratelimit.backend, "redis") == 0) {
         rl->ops = &rl_backend_redis;
@@ -268,6 +313,11 @@ void ratelimit_client_ip(const struct ratelimit *rl, const char *peer, const cha
     rl_client_ip(rl->proxies, rl->nproxies, peer, xff, out, outlen);
 }
 
+void ratelimit_client_key(const struct ratelimit *rl, const char *addr, char *out, size_t outlen)
+{
+    rl_client_key(rl->ipv6_prefix, addr, out, outlen);
+}
+
 void ratelimit_account_key(const char *email, char out[RL_KEY_MAX])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
@@ -284,6 +334,18 @@ struct shm_op {
     struct rl_item *it;
 };
 
+/* Eviction priority of an account entry with `failures` (see RL_PRIO_KEEP). */
+static int32_t account_prio(const struct rl_lockout *p, int64_t failures)
+{
+    if (failures < 0)
+        failures = 0;
+    if (failures > RL_PRIO_KEEP - 2)
+        failures = RL_PRIO_KEEP - 2;
+    if (p->threshold > 0 && failures >= p->threshold)
+        return RL_PRIO_KEEP + (int32_t)failures;
+    return 1 + (int32_t)failures;
+}
+
 static int shm_apply(struct rl_state *st, int found, int64_t now, void *arg)
 {
     struct shm_op *op = arg;
@@ -292,15 +354,32 @@ static int shm_apply(struct rl_state *st, int found, int64_t now, void *arg)
     int64_t period;
 
     if (it->rule == RL_ACCOUNT) {
-        if (!rl_account_attempt(&st->a, &st->b, now, &rl->lockout, &it->r))
-            return 0;
+        int changed = 0;
+        if (it->pushed > 0) {
+            /* Failures taken for a Redis check that never got an answer: still not seen by
+             * Redis, so they stay pending (and counted here). */
+            if (!found) {
+                st->a = it->pushed;
+                st->b = now - it->pushed_age_us;
+            }
+            st->pending += it->pushed;
+            it->pushed = 0;
+            changed = 1;
+        }
+        int allowed = rl_account_attempt(&st->a, &st->b, now, &rl->lockout, &it->r);
+        if (allowed && rl->ops != NULL)
+            st->pending++; /* Redis learns about it with the next check it answers */
+        if (st->a == 0)
+            st->pending = 0;
         st->expires_us = st->b + rl->lockout.reset_after_us;
-        return 1;
+        st->prio = account_prio(&rl->lockout, st->a);
+        return allowed || changed;
     }
     int limit = ratelimit_rule_limit(rl, it->rule, &period);
     if (!rl_gcra(&st->a, now, limit, period, &it->r))
         return 0;
     st->expires_us = st->a;
+    st->prio = 0;
     return 1;
 }
 
@@ -324,24 +403,37 @@ static void shm_eval(struct ratelimit *rl, struct rl_check *c)
 struct mirror_op {
     int rule_account;
     int64_t a, b, expires;
+    const struct rl_lockout *lockout;
 };
 
-/* Redis is authoritative while it answers: its state replaces the local one. */
+/*
+ * Redis is authoritative while it answers: its state replaces the local one, plus the account
+ * failures counted here since the check was sent (still pending: Redis gets them next time).
+ */
 static int shm_mirror(struct rl_state *st, int found, int64_t now, void *arg)
 {
     struct mirror_op *m = arg;
 
+    if (!found)
+        st->pending = 0;
     st->a = m->a;
     st->b = m->rule_account ? m->b : 0;
     st->expires_us = m->expires;
-    return m->expires > now ? 1 : -1;
+    if (m->rule_account) {
+        st->a += st->pending;
+        st->prio = account_prio(m->lockout, st->a);
+    } else {
+        st->pending = 0;
+        st->prio = 0;
+    }
+    return m->expires > now ? 1 : (found ? -1 : 0);
 }
 
 void ratelimit_mirror(struct ratelimit *rl, const struct rl_item *it, int64_t a, int64_t b,
                       int64_t ttl_us)
 {
     int64_t now = ratelimit_now_us();
-    struct mirror_op m = {it->rule == RL_ACCOUNT, a, b, now + ttl_us};
+    struct mirror_op m = {it->rule == RL_ACCOUNT, a, b, now + ttl_us, &rl->lockout};
 
     rl_shm_update(rl->shm, rl_shm_key(rl->shm, it->rule, it->key), now, rl->pid, shm_mirror, &m);
 }
@@ -349,6 +441,47 @@ void ratelimit_mirror(struct ratelimit *rl, const struct rl_item *it, int64_t a,
 static int shm_forget(struct rl_state *st, int found, int64_t now, void *arg)
 {
     return found ? -1 : 0;
+}
+
+static int shm_take_pending(struct rl_state *st, int found, int64_t now, void *arg)
+{
+    struct rl_item *it = arg;
+
+    if (!found || st->pending <= 0)
+        return 0;
+    it->pushed = st->pending;
+    it->pushed_age_us = now - st->b;
+    st->pending = 0;
+    return 1;
+}
+
+void ratelimit_take_pending(struct ratelimit *rl, struct rl_item *it)
+{
+    it->pushed = 0;
+    it->pushed_age_us = 0;
+    if (it->rule == RL_ACCOUNT)
+        rl_shm_update(rl->shm, rl_shm_key(rl->shm, it->rule, it->key), ratelimit_now_us(), rl->pid,
+                      shm_take_pending, it);
+}
+
+struct refund_op {
+    const struct rl_lockout *lockout;
+    int by_redis;
+};
+
+static int shm_refund(struct rl_state *st, int found, int64_t now, void *arg)
+{
+    struct refund_op *op = arg;
+
+    if (!found || st->a <= 0)
+        return 0;
+    st->a--;
+    if (!op->by_redis && st->pending > 0)
+        st->pending--;
+    if (st->a == 0)
+        return -1;
+    st->prio = account_prio(op->lockout, st->a);
+    return 1;
 }
 
 /* ---- checks ---- */
@@ -421,6 +554,16 @@ void ratelimit_account_success(struct ratelimit *rl, const char *key)
                   shm_forget, NULL);
     if (rl->be != NULL)
         rl->ops->reset(rl->be, RL_ACCOUNT, key);
+}
+
+void ratelimit_account_refund(struct ratelimit *rl, const char *key, int by_redis)
+{
+    struct refund_op op = {&rl->lockout, by_redis};
+
+    rl_shm_update(rl->shm, rl_shm_key(rl->shm, RL_ACCOUNT, key), ratelimit_now_us(), rl->pid,
+                  shm_refund, &op);
+    if (by_redis && rl->be != NULL)
+        rl->ops->refund(rl->be, RL_ACCOUNT, key);
 }
 
 void ratelimit_account_failed(struct ratelimit *rl, int failures)

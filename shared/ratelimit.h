@@ -11,11 +11,12 @@
  * the table is a warm fallback: when Redis fails or is slower than `ratelimit.redis.timeout`,
  * checks are answered from it at once, starting from the shared state this host last saw.
  *
- * Rules: per client IP (GCRA: `limit` requests per `period`, burst = limit) for every public
- * route (global), login, register and refresh; per account (a hash of the normalized email,
- * whether or not the account exists) on logins, with a progressive delay and a bounded hard
- * lock. The pure decisions (GCRA, lockout schedule, client IP) are separate functions so that
- * they are unit-tested without processes or sockets.
+ * Rules: per client IP (IPv6: per /ratelimit.ipv6_prefix network; GCRA: `limit` requests per
+ * `period`, burst = limit) for every public route (global), login, register and refresh; per
+ * account (a hash of the normalized email, whether or not the account exists) on logins, and
+ * per user on the current password of a password change, with a progressive delay and a
+ * bounded hard lock. The pure decisions (GCRA, lockout schedule, client IP) are separate functions
+ * so that they are unit-tested without processes or sockets.
  */
 #ifndef AUTHD_RATELIMIT_H
 #define AUTHD_RATELIMIT_H
@@ -91,12 +92,21 @@ int rl_account_attempt(int64_t *failures, int64_t *last_us, int64_t now_us,
 
 /*
  * The client address of a request from TCP peer `peer` carrying X-Forwarded-For `xff` (NULL
- * when absent): the peer itself unless it lies in one of the `n` trusted proxies; then the
- * right-most XFF entry that is not a trusted proxy (the left-most when all are). Malformed
- * entries stop the walk. Writes a NUL-terminated address to out.
+ * when absent; every XFF field line combined in order with ","): the peer itself unless it
+ * lies in one of the `n` trusted proxies; then the right-most XFF entry that is not a trusted
+ * proxy (the left-most when all are). Malformed entries stop the walk. IPv4-mapped IPv6
+ * addresses (::ffff:a.b.c.d) are IPv4, for the proxy match and the result. Writes a
+ * NUL-terminated address to out.
  */
 void rl_client_ip(const struct config_cidr *proxies, int n, const char *peer, const char *xff,
                   char *out, size_t outlen);
+
+/*
+ * The limiter key of client address `addr`: an IPv4 address (IPv4-mapped IPv6 included) as
+ * itself (/32); an IPv6 address as its /ipv6_prefix network ("2001:db8:1:2::/64"), since one
+ * subscriber usually holds a whole /64. Unparsable text is copied as is.
+ */
+void rl_client_key(int ipv6_prefix, const char *addr, char *out, size_t outlen);
 
 /* ---- the shared-memory table (shared/ratelimit_shm.c) ---- */
 
@@ -106,11 +116,23 @@ struct rl_shm;
 struct rl_state {
     int64_t a, b;
     int64_t expires_us; /* the state is equivalent to none after this */
+    int32_t prio;       /* eviction order, set by the writer: see RL_PRIO_KEEP */
+    int32_t pending;    /* account: failures counted here that Redis has not seen yet */
 };
+
+/*
+ * Eviction priority of an entry: a full bucket evicts the live entry of lowest prio first
+ * (GCRA entries are 0, accounts 1 + failures). Entries at or above RL_PRIO_KEEP (accounts at
+ * or above the lockout threshold) are never evicted for an entry of lower prio: the newcomer
+ * is not stored instead (counted in rl_shm_stats' refused_stores).
+ */
+#define RL_PRIO_KEEP (1 << 20)
 
 /* Maps a table of at least `slots` entries, MAP_SHARED|MAP_ANONYMOUS, with a random seed. */
 struct rl_shm *rl_shm_create(int slots);
 void rl_shm_destroy(struct rl_shm *t);
+/* Live entries evicted, and stores refused to protect a locked account, since creation. */
+void rl_shm_stats(const struct rl_shm *t, uint64_t *evictions, uint64_t *refused_stores);
 /* Entries the table holds (a multiple of the bucket size). */
 int rl_shm_capacity(const struct rl_shm *t);
 
@@ -120,8 +142,10 @@ uint64_t rl_shm_key(const struct rl_shm *t, enum rl_rule rule, const char *key);
 /*
  * Runs fn on the state of `key` under its bucket's lock. `found` says whether a live entry
  * existed (otherwise the state is zeroed). fn returns 1 to store the state, 0 to leave it
- * unchanged, -1 to delete the entry. A bucket that is full evicts its entry expiring first.
- * `self` is the caller's pid (the lock owner, so a lock held by a dead process is taken over).
+ * unchanged, -1 to delete the entry. Only a store takes a slot: a lookup of a missing key
+ * evicts nothing. A bucket that is full evicts by prio (see RL_PRIO_KEEP). `self` is the
+ * caller's pid (the lock owner with its start time, so a lock held by a dead process, a zombie
+ * or a process whose pid was reused is taken over).
  */
 typedef int rl_shm_fn(struct rl_state *st, int found, int64_t now_us, void *arg);
 int rl_shm_update(struct rl_shm *t, uint64_t key, int64_t now_us, pid_t self, rl_shm_fn *fn,
@@ -147,6 +171,9 @@ struct rl_item {
     enum rl_rule rule;
     char key[RL_KEY_MAX];
     struct rl_result r;
+    /* account, Redis: failures counted in shm during an outage, sent with this check */
+    int pushed;
+    int64_t pushed_age_us;
 };
 
 /*
@@ -176,8 +203,10 @@ struct rl_backend_ops {
                                struct event_base *base, struct health_slot *hs);
     /* Decides c: ratelimit_finish with the backend's answers, or ratelimit_answer_from_shm. */
     void (*check)(struct rl_backend *be, struct rl_check *c);
-    /* Forgets an account's failures (fire and forget). */
+    /* Forgets an account's failures (queued while Redis is down, sent when it is back). */
     void (*reset)(struct rl_backend *be, enum rl_rule rule, const char *key);
+    /* Gives back one failure the backend counted (fire and forget). */
+    void (*refund)(struct rl_backend *be, enum rl_rule rule, const char *key);
     /* 1 while checks are answered by the shm fallback instead of this backend. */
     int (*degraded)(const struct rl_backend *be);
     /* Answers every pending check (from the shm) and frees the backend. */
@@ -216,6 +245,16 @@ void ratelimit_check(struct ratelimit *rl, int n, const enum rl_rule *rules,
 void ratelimit_account_success(struct ratelimit *rl, const char *key);
 /* A failed login counted by check c: counts a lockout when it started a delay or the lock. */
 void ratelimit_account_failed(struct ratelimit *rl, int failures);
+/*
+ * An attempt counted up front that turned out to be no guess at the password (store down,
+ * overloaded, ...): gives the failure back, in shm and, when `by_redis` (the check that counted
+ * it was answered by Redis), in Redis.
+ */
+void ratelimit_account_refund(struct ratelimit *rl, const char *key, int by_redis);
+/* The limiter key of a client address (rl_client_key with ratelimit.ipv6_prefix). */
+void ratelimit_client_key(const struct ratelimit *rl, const char *addr, char *out, size_t outlen);
+/* Backends: takes (and clears) the failures an account counted in shm while Redis was down. */
+void ratelimit_take_pending(struct ratelimit *rl, struct rl_item *it);
 
 /* Backends: answer c. Calls the done callback unless already called; frees c if possible. */
 void ratelimit_finish(struct rl_check *c);

@@ -18,6 +18,8 @@ static const struct store_driver *const drivers[] = {
     &store_mongo_driver,
 };
 
+volatile sig_atomic_t store_dump_cancel;
+
 const struct store_driver *store_driver_find(const char *name)
 {
     if (name == NULL)

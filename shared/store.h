@@ -15,6 +15,7 @@
 #define AUTHD_STORE_H
 
 #include <jansson.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -80,6 +81,11 @@ struct store;
  */
 #define STORE_COLLECTIONS "users", "sessions", "refresh_tokens", "audit_events"
 typedef int (*store_emit_fn)(void *ctx, const char *collection, json_t *doc);
+/*
+ * Set (from a signal handler) to make a running dump stop at its next chance, also in the
+ * middle of a step that emits nothing, such as SQLite's snapshot copy. The dump then fails.
+ */
+extern volatile sig_atomic_t store_dump_cancel;
 typedef int (*store_next_fn)(void *ctx, const char **collection, json_t **doc);
 
 struct store_driver {

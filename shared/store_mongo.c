@@ -117,8 +117,13 @@ static mongoc_uri_t *make_uri(const struct config *cfg, char *err, size_t errlen
     bson_error_t e;
     mongoc_uri_t *uri = mongoc_uri_new_with_error(cfg->store.uri, &e);
 
-    if (uri == NULL) { /* e.message quotes no part of the URI */
-        error_set(err, errlen, "store.uri: %s", e.message);
+    if (uri == NULL) {
+        /* Never e.message: libmongoc quotes parts of the URI in it, the password included
+         * ("Password \"...\" must not have unescaped chars"). */
+        error_set(err, errlen,
+                  "store.uri is not a valid MongoDB URI (libmongoc error domain %u code %u); "
+                  "percent-encode reserved characters in the user name and password",
+                  (unsigned)e.domain, (unsigned)e.code);
         return NULL;
     }
     mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, ms);
@@ -290,8 +295,13 @@ static void conn_end(struct conn *k)
 {
     struct mpool *mp = k->st->mp;
 
-    if (k->client == NULL)
+    if (k->client == NULL) {
+        /* Refused at once, or no client from the pool: a probe that could not run must not
+         * keep every later call from probing. */
+        if (k->probe)
+            atomic_store(&mp->probing, 0);
         return;
+    }
     for (int i = 0; i < C_COUNT; i++)
         if (k->c[i] != NULL)
             mongoc_collection_destroy(k->c[i]);
@@ -568,9 +578,17 @@ static int find_and_update(struct conn *k, enum coll c, const bson_t *filter, co
     opts = mongoc_find_and_modify_opts_new();
     mongoc_find_and_modify_opts_set_update(opts, upd);
     mongoc_find_and_modify_opts_set_flags(opts, MONGOC_FIND_AND_MODIFY_RETURN_NEW);
-    if (!mongoc_collection_find_and_modify_with_opts(coll(k, c), filter, opts, &reply, &e)) {
+    bool ok = mongoc_collection_find_and_modify_with_opts(coll(k, c), filter, opts, &reply, &e);
+    int has_value = bson_iter_init_find(&it, &reply, "value") && BSON_ITER_HOLDS_DOCUMENT(&it);
+    if (!ok && has_value) {
+        /* A write-concern error (e.g. wtimeout): the primary applied the change and says what
+         * it became; failing here would make the caller retry something already done (for a
+         * rotation: the client retries the old token, which is reuse). */
+        log_warn("mongo %s: applied on the primary, but: %s", what, e.message);
+    }
+    if (!ok && !has_value) {
         note_error(k, what, &e);
-    } else if (bson_iter_init_find(&it, &reply, "value") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+    } else if (has_value) {
         const uint8_t *data;
         uint32_t len;
         bson_t v;
@@ -589,8 +607,13 @@ static int find_and_update(struct conn *k, enum coll c, const bson_t *filter, co
 
 /* ---- schema ---- */
 
-/* createIndexes for the indexes of `c` on the collection named `name`. 0 or -1 with message. */
-static int create_indexes(struct conn *k, enum coll c, const char *name, char *err, size_t errlen)
+/*
+ * createIndexes for the indexes of `c` on the collection named `name` (without the TTL indexes
+ * unless `ttl`: a restore's staging collections must not lose documents to the TTL monitor while
+ * they are filled). 0 or -1 with message.
+ */
+static int create_indexes(struct conn *k, enum coll c, const char *name, int ttl, char *err,
+                          size_t errlen)
 {
     bson_t cmd = BSON_INITIALIZER, list, reply;
     bson_error_t e;
@@ -602,7 +625,7 @@ static int create_indexes(struct conn *k, enum coll c, const char *name, char *e
     for (size_t i = 0; i < sizeof(index_defs) / sizeof(index_defs[0]); i++) {
         const struct index_def *d = &index_defs[i];
         bson_t spec, *key;
-        if (d->c != c)
+        if (d->c != c || (d->ttl && !ttl))
             continue;
         key = bson_new_from_json((const uint8_t *)d->key, -1, NULL);
         snprintf(idx, sizeof(idx), "%d", n++);
@@ -658,7 +681,7 @@ static int migrate(struct conn *k, char *err, size_t errlen)
         goto out;
     }
     for (int c = 0; c < C_COUNT; c++)
-        if (create_indexes(k, (enum coll)c, coll_names[c], err, errlen) < 0)
+        if (create_indexes(k, (enum coll)c, coll_names[c], 1, err, errlen) < 0)
             goto out;
     if (update(k, C_META, filter, upd, 0, 1, "schema version", &r) < 0) {
         error_set(err, errlen, "database %s: cannot record the schema version", k->st->db);
@@ -989,6 +1012,36 @@ static int remember_rotated(struct conn *k, const char *old_hex, const bson_t *s
 }
 
 /*
+ * After a rotation of `old_hex` that missed or failed: removes the history entry that
+ * remember_rotated wrote, unless `old_hex` really was rotated away. It goes when session `sid`
+ * is gone, or still has `old_hex` as its token but is revoked (nobody can rotate it any more);
+ * it stays when the token moved on (a concurrent rotation won: reuse detection needs it) and
+ * when the session still holds `old_hex` and is active (a concurrent rotation may be between
+ * its remember_rotated and its update; the client retries and the entry is needed then). A
+ * leftover entry is harmless for the driver, and the dump skips it (mongo_dump).
+ */
+static void forget_rotated(struct conn *k, const char *old_hex, const char *sid)
+{
+    bson_t *filter = BCON_NEW("id", BCON_UTF8(sid));
+    bson_t sess = BSON_INITIALIZER;
+    char token[65] = "";
+    bson_error_t e;
+    int rc = find_one(k, C_SESSIONS, filter, "session by id", &sess);
+
+    bson_destroy(filter);
+    if (rc == 1)
+        doc_text(&sess, "token", token, sizeof(token));
+    if (rc == 0 || (rc == 1 && strcmp(token, old_hex) == 0 && !doc_null(&sess, "revoked_at"))) {
+        filter =
+            BCON_NEW("hash", BCON_UTF8(old_hex), "session_id", BCON_UTF8(sid), "state", "rotated");
+        if (!mongoc_collection_delete_one(coll(k, C_TOKENS), filter, NULL, NULL, &e))
+            note_error(k, "refresh token history: delete", &e);
+        bson_destroy(filter);
+    }
+    bson_destroy(&sess);
+}
+
+/*
  * One attempt at rotating: DECIDED (*ret set) or, when a concurrent change made the conditional
  * update miss, AGAIN. The update's filter {id, token: old, revoked_at: null} is what makes
  * exactly one of concurrent rotations win; the losers then find `old` rotated.
@@ -1028,8 +1081,10 @@ static enum attempt rotate_once(struct conn *k, const char *old_hex, const char 
     if (rc == 1) {
         doc_session(&fresh, out);
         *ret = STORE_OK;
-    } else if (rc == 0) {
-        a = AGAIN;
+    } else {
+        forget_rotated(k, old_hex, out->id);
+        if (rc == 0)
+            a = AGAIN;
     }
 out:
     bson_destroy(&fresh);
@@ -1335,7 +1390,52 @@ static json_t *record_of(const bson_t *d, const struct field *f, const char *wha
     return rec;
 }
 
+/* A set of short strings (session ids, token hashes): appended, then sorted and searched. */
+struct keyset {
+    char (*v)[65];
+    size_t n, cap;
+    int sorted;
+};
+
+static int keyset_add(struct keyset *ks, const char *key)
+{
+    if (ks->n == ks->cap) {
+        size_t nc = ks->cap ? ks->cap * 2 : 1024;
+        char(*nv)[65] = realloc(ks->v, nc * sizeof(*nv));
+        if (nv == NULL) {
+            log_error("dump: out of memory");
+            return -1;
+        }
+        ks->v = nv;
+        ks->cap = nc;
+    }
+    snprintf(ks->v[ks->n++], sizeof(ks->v[0]), "%s", key);
+    ks->sorted = 0;
+    return 0;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static int keyset_has(struct keyset *ks, const char *key)
+{
+    char k[65];
+
+    if (ks->n == 0)
+        return 0;
+    if (!ks->sorted) {
+        qsort(ks->v, ks->n, sizeof(ks->v[0]), key_cmp);
+        ks->sorted = 1;
+    }
+    snprintf(k, sizeof(k), "%s", key);
+    return bsearch(k, ks->v, ks->n, sizeof(ks->v[0]), key_cmp) != NULL;
+}
+
 struct dump {
+    struct keyset sessions; /* ids of the emitted sessions */
+    struct keyset current;  /* their current tokens, as emitted */
     struct conn *k;
     mongoc_client_session_t *cs; /* snapshot session on a replica set, else NULL */
     store_emit_fn emit;
@@ -1387,6 +1487,11 @@ static int dump_user(struct dump *dp, const bson_t *d)
 
 static int dump_session(struct dump *dp, const bson_t *d)
 {
+    char id[STORE_ID_LEN + 1];
+
+    doc_text(d, "id", id, sizeof(id));
+    if (keyset_add(&dp->sessions, id) < 0)
+        return -1;
     return emit_record(dp, "sessions", record_of(d, session_fields, "sessions"));
 }
 
@@ -1399,14 +1504,31 @@ static int dump_current(struct dump *dp, const bson_t *d)
         return 0;
     doc_text(d, "id", id, sizeof(id));
     doc_text(d, "token", hash, sizeof(hash));
+    /* Without a snapshot (standalone server) the second pass may see a session the first did
+     * not emit: its token would be an orphan. */
+    if (!keyset_has(&dp->sessions, id))
+        return 0;
+    if (keyset_add(&dp->current, hash) < 0)
+        return -1;
     return emit_record(dp, "refresh_tokens",
                        json_pack("{s:s, s:s, s:s, s:I, s:n}", "hash", hash, "session_id", id,
                                  "state", "current", "created_at",
                                  (json_int_t)doc_int(d, "token_created_at"), "rotated_at"));
 }
 
+/*
+ * A rotated token, unless it would make the file unrestorable: its session was not emitted, or
+ * its hash is also an emitted session's current token (a history entry left by a rotation that
+ * did not happen, see forget_rotated: the session still holds the token, so it is current).
+ */
 static int dump_rotated(struct dump *dp, const bson_t *d)
 {
+    char sid[STORE_ID_LEN + 1], hash[65];
+
+    doc_text(d, "session_id", sid, sizeof(sid));
+    doc_text(d, "hash", hash, sizeof(hash));
+    if (!keyset_has(&dp->sessions, sid) || keyset_has(&dp->current, hash))
+        return 0;
     return emit_record(dp, "refresh_tokens", record_of(d, token_fields, "refresh_tokens"));
 }
 
@@ -1483,6 +1605,8 @@ out:
     if (so != NULL)
         mongoc_session_opts_destroy(so);
     conn_end(&k);
+    free(dp.sessions.v);
+    free(dp.current.v);
     bson_destroy(&rotated);
     bson_destroy(&all);
     return rc == 0 ? STORE_OK : STORE_ERROR;
@@ -1493,11 +1617,37 @@ struct restore {
     mongoc_collection_t *stage[BACKUP_COLLS];
     mongoc_bulk_operation_t *bulk[BACKUP_COLLS];
     int pending[BACKUP_COLLS];
+    int64_t added[BACKUP_COLLS]; /* records added per collection */
 };
 
 static void stage_name(size_t i, char *buf, size_t len)
 {
     snprintf(buf, len, "restore_%s", backup_colls[i].name);
+}
+
+/* Whether staging collection i holds as many documents as records were added (before the swap:
+ * a mismatch leaves the live data as it was). 0, or -1 logged. */
+static int stage_count_ok(struct restore *r, size_t i)
+{
+    char stage[64];
+    bson_t reply;
+    bson_error_t e;
+    int rc = -1;
+
+    stage_name(i, stage, sizeof(stage));
+    bson_t *cmd = BCON_NEW("count", BCON_UTF8(stage), "query", "{", "}");
+    bson_init(&reply);
+    if (!mongoc_client_read_command_with_opts(r->k->client, r->k->st->db, cmd, NULL, NULL, &reply,
+                                              &e))
+        log_failure("restore: count", &e);
+    else if (doc_int(&reply, "n") != r->added[i])
+        log_error("restore: %s would hold %lld documents, the file has %lld records", stage,
+                  (long long)doc_int(&reply, "n"), (long long)r->added[i]);
+    else
+        rc = 0;
+    bson_destroy(&reply);
+    bson_destroy(cmd);
+    return rc;
 }
 
 /* A backup record as a document; NULL when a field is missing or of the wrong type (logged). */
@@ -1582,6 +1732,8 @@ static int restore_record(struct restore *r, const char *collection, json_t *rec
         ok = 0;
     }
     bson_destroy(d);
+    if (ok)
+        r->added[i]++;
     if (ok && ++r->pending[i] >= RESTORE_BATCH) {
         r->pending[i] = 0;
         return flush(r, i);
@@ -1714,7 +1866,7 @@ static enum store_status mongo_restore(struct store *st, store_next_fn next, voi
     stage_drop(&r);
     for (size_t i = 0; rc == 0 && i < BACKUP_COLLS; i++) {
         stage_name(i, stage, sizeof(stage));
-        if ((rc = create_indexes(&k, backup_colls[i].c, stage, err, sizeof(err))) < 0)
+        if ((rc = create_indexes(&k, backup_colls[i].c, stage, 0, err, sizeof(err))) < 0)
             log_error("restore: %s", err);
     }
     while (rc == 0 && (n = next(ctx, &collection, &rec)) != 0) {
@@ -1726,11 +1878,19 @@ static enum store_status mongo_restore(struct store *st, store_next_fn next, voi
         if (flush(&r, i) < 0)
             rc = -1;
     if (rc == 0)
+        rc = stage_count_ok(&r, 0); /* users: restore_tokens changes the token count */
+    if (rc == 0)
         rc = restore_tokens(&r);
     if (rc == 0)
         rc = stage_swap(&r);
     if (rc < 0)
         stage_drop(&r);
+    /* The TTL indexes only now: sessions that expired long ago are in the file too (their
+     * tokens refer to them); the TTL monitor removes them from the live collections later. */
+    for (size_t i = 0; rc == 0 && i < BACKUP_COLLS; i++)
+        if ((rc = create_indexes(&k, backup_colls[i].c, backup_colls[i].name, 1, err,
+                                 sizeof(err))) < 0)
+            log_error("restore: %s", err);
     for (size_t i = 0; i < BACKUP_COLLS; i++)
         mongoc_collection_destroy(r.stage[i]);
     conn_end(&k);

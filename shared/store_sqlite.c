@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -980,8 +981,10 @@ static void snapshot_remove(const char *path)
 /*
  * Removes snapshots that a killed backup left beside `src`. A live dump holds an flock on its
  * snapshot (SQLite's own locks are POSIX locks, independent of flock), so only abandoned ones
- * can be locked here.
+ * can be locked here; and only files older than SNAPSHOT_STALE_S are looked at, because a
+ * concurrent dump's file exists unlocked between its mkostemp and its flock.
  */
+#define SNAPSHOT_STALE_S 3600
 static void snapshot_sweep(const char *src)
 {
     char *dir = strdup(src), *slash, prefix[512], path[4200];
@@ -1001,7 +1004,9 @@ static void snapshot_sweep(const char *src)
             continue;
         snprintf(path, sizeof(path), "%s/%s", slash ? dir : ".", de->d_name);
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        struct stat sb;
+        if (fd >= 0 && fstat(fd, &sb) == 0 && time(NULL) - sb.st_mtime > SNAPSHOT_STALE_S &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0) {
             log_warn("dump: removing %s, left by an interrupted backup", path);
             snapshot_remove(path);
         }
@@ -1016,11 +1021,47 @@ static void snapshot_sweep(const char *src)
 /*
  * Copies the live database into a new file beside it (<store.path>.snapshot-XXXXXX, mode 0600,
  * flocked through *lockfd_r while it exists) with the online backup API, and returns a
- * connection to the copy. One sqlite3_backup_step(-1) holds one read transaction on the source
- * for the whole copy: in WAL mode that never blocks writers, and the copy is one consistent
- * snapshot. (Stepping a few pages at a time would restart the copy after every write by another
- * connection: under load it might never end.)
+ * connection to the copy. The source connection holds one read transaction (BEGIN + a read)
+ * for the whole copy: in WAL mode that never blocks writers, the copy is one consistent
+ * snapshot, and other connections' writes stay invisible to it, so the copy goes in batches of
+ * SNAPSHOT_BATCH pages without restarting, checking store_dump_cancel between batches.
  */
+#define SNAPSHOT_BATCH 1024
+
+static int snapshot_copy(sqlite3 *src, sqlite3 *dst)
+{
+    sqlite3_backup *b;
+    int rc = SQLITE_ERROR, tries = 0;
+
+    if (sqlite3_exec(src, "BEGIN; SELECT count(*) FROM sqlite_master", NULL, NULL, NULL) !=
+        SQLITE_OK) {
+        rc = sqlite3_errcode(src);
+        if (!sqlite3_get_autocommit(src))
+            sqlite3_exec(src, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
+    if ((b = sqlite3_backup_init(dst, "main", src, "main")) == NULL) {
+        rc = sqlite3_errcode(dst);
+    } else {
+        while (!store_dump_cancel) {
+            rc = sqlite3_backup_step(b, SNAPSHOT_BATCH);
+            if ((rc == SQLITE_BUSY || rc == SQLITE_LOCKED) && ++tries < 100) {
+                usleep(50 * 1000);
+                continue;
+            }
+            if (rc != SQLITE_OK)
+                break;
+        }
+        if (store_dump_cancel) {
+            log_error("dump: cancelled");
+            rc = SQLITE_INTERRUPT;
+        }
+        sqlite3_backup_finish(b);
+    }
+    sqlite3_exec(src, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}
+
 static sqlite3 *snapshot_open(struct store *st, char *path, size_t pathlen, int *lockfd_r)
 {
     const char *src = sqlite3_db_filename(st->db, "main");
@@ -1040,20 +1081,8 @@ static sqlite3 *snapshot_open(struct store *st, char *path, size_t pathlen, int 
     }
     flock(fd, LOCK_EX);
     *lockfd_r = fd;
-    if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
-        SQLITE_OK) {
-        sqlite3_backup *b = sqlite3_backup_init(dst, "main", st->db, "main");
-        for (int tries = 0; b != NULL && tries < 100; tries++) {
-            rc = sqlite3_backup_step(b, -1);
-            if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
-                break;
-            usleep(50 * 1000);
-        }
-        if (b != NULL)
-            sqlite3_backup_finish(b);
-        else
-            rc = sqlite3_errcode(dst);
-    }
+    if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK)
+        rc = snapshot_copy(st->db, dst);
     if (rc != SQLITE_DONE) {
         int os = dst != NULL ? sqlite3_system_errno(dst) : 0;
         log_error("dump: sqlite3_backup(%s -> %s): %s%s%s%s", src, path,
@@ -1078,7 +1107,7 @@ static enum store_status sqlite_dump(struct store *st, store_emit_fn emit, void 
     if (snap == NULL)
         return STORE_ERROR;
     for (size_t i = 0; rc == 0 && i < BACKUP_TABLES; i++)
-        rc = dump_table(snap, backup_tables[i], emit, ctx);
+        rc = store_dump_cancel ? -1 : dump_table(snap, backup_tables[i], emit, ctx);
     sqlite3_close(snap);
     snapshot_remove(path);
     close(lockfd);
@@ -1208,6 +1237,22 @@ static int restore_record(sqlite3 *db, struct restore_insert *inserts, const cha
     return ok ? 0 : -1;
 }
 
+static enum store_status sqlite_count_users(struct store *st, int64_t *count_r)
+{
+    sqlite3_stmt *q = NULL;
+    enum store_status ret = STORE_ERROR;
+
+    if (sqlite3_prepare_v2(st->db, "SELECT count(*) FROM users", -1, &q, NULL) == SQLITE_OK &&
+        sqlite3_step(q) == SQLITE_ROW) {
+        *count_r = sqlite3_column_int64(q, 0);
+        ret = STORE_OK;
+    } else {
+        log_error("count_users: %s", sqlite3_errmsg(st->db));
+    }
+    sqlite3_finalize(q);
+    return ret;
+}
+
 /*
  * One BEGIN IMMEDIATE transaction: empties every table (children first), inserts every record
  * (foreign keys checked at COMMIT, so the order of records does not matter) and commits. Other
@@ -1219,6 +1264,7 @@ static enum store_status sqlite_restore(struct store *st, store_next_fn next, vo
     const char *collection;
     json_t *doc;
     int r, ok = 0;
+    int64_t users = 0, have = -1;
 
     memset(inserts, 0, sizeof(inserts));
     if (run(st, S_BEGIN) < 0)
@@ -1237,6 +1283,13 @@ static enum store_status sqlite_restore(struct store *st, store_next_fn next, vo
         json_decref(doc);
         if (rc < 0)
             goto out;
+        users += strcmp(collection, "users") == 0;
+    }
+    /* Checked before COMMIT: a mismatch leaves the old content in place. */
+    if (r == 0 && (sqlite_count_users(st, &have) != STORE_OK || have != users)) {
+        log_error("restore: the store would hold %lld users, the file has %lld", (long long)have,
+                  (long long)users);
+        goto out;
     }
     ok = r == 0;
 out:
@@ -1247,22 +1300,6 @@ out:
         return STORE_ERROR;
     }
     return tx_commit(st) < 0 ? STORE_ERROR : STORE_OK;
-}
-
-static enum store_status sqlite_count_users(struct store *st, int64_t *count_r)
-{
-    sqlite3_stmt *q = NULL;
-    enum store_status ret = STORE_ERROR;
-
-    if (sqlite3_prepare_v2(st->db, "SELECT count(*) FROM users", -1, &q, NULL) == SQLITE_OK &&
-        sqlite3_step(q) == SQLITE_ROW) {
-        *count_r = sqlite3_column_int64(q, 0);
-        ret = STORE_OK;
-    } else {
-        log_error("count_users: %s", sqlite3_errmsg(st->db));
-    }
-    sqlite3_finalize(q);
-    return ret;
 }
 
 const struct store_driver store_sqlite_driver = {

@@ -52,8 +52,9 @@ struct job {
     char session_id[STORE_ID_LEN + 1];
     char refresh_token[REFRESH_TOKEN_LEN + 1];
     json_t *claims;               /* verified access-token claims */
-    char account_key[RL_KEY_MAX]; /* login: the lockout key of the email */
-    int account_failures;         /* login: failures counted by the lockout check, 0 = none */
+    char account_key[RL_KEY_MAX]; /* login, password change: the lockout key */
+    int account_failures;         /* failures counted by the lockout check, 0 = none */
+    int account_by_redis;         /* the lockout check was answered by Redis */
 
     int status;
     int active; /* introspection: the token's session is active */
@@ -582,11 +583,20 @@ static void job_done(void *arg)
     struct job *j = arg;
     struct http_request *req = j->req;
 
-    if (j->kind == J_LOGIN && j->account_failures > 0) {
-        if (j->status == 200)
+    if ((j->kind == J_LOGIN || j->kind == J_PASSWORD) && j->account_failures > 0) {
+        /* Login: 200 = right password, 401 = wrong one. Password change: verified when it
+         * succeeded (204) or the new password was refused (400, checked after the current
+         * one); 401 invalid_credentials = wrong current password. Anything else (store down,
+         * overloaded, session ended) was no guess: the failure counted up front is refunded. */
+        int right = j->kind == J_LOGIN ? j->status == 200 : j->status == 204 || j->status == 400;
+        int wrong = j->status == 401 &&
+                    (j->kind == J_LOGIN || (j->code && !strcmp(j->code, "invalid_credentials")));
+        if (right)
             ratelimit_account_success(j->w->rl, j->account_key);
-        else if (j->status == 401)
+        else if (wrong)
             ratelimit_account_failed(j->w->rl, j->account_failures);
+        else
+            ratelimit_account_refund(j->w->rl, j->account_key, j->account_by_redis);
     }
 
     if (j->status >= 400 || j->status == 0) {
@@ -897,7 +907,7 @@ fail:
 }
 
 /* The account lockout answered: refuse (429, correct password or not) or verify. */
-static void login_account_checked(void *arg, const struct rl_check *c)
+static void account_checked(void *arg, const struct rl_check *c)
 {
     struct job *j = arg;
 
@@ -907,13 +917,30 @@ static void login_account_checked(void *arg, const struct rl_check *c)
         snprintf(ra, sizeof(ra), "%ld", wait < 1 ? 1L : (long)ceil(wait));
         http_add_header(j->req, "Retry-After", ra);
         http_reply_error(j->req, 429, "too_many_attempts",
-                         "Too many failed sign-in attempts for this account; retry after the "
-                         "delay in Retry-After.");
+                         j->kind == J_LOGIN
+                             ? "Too many failed sign-in attempts for this account; retry after "
+                               "the delay in Retry-After."
+                             : "Too many wrong current passwords for this account; retry after "
+                               "the delay in Retry-After.");
         job_free(j);
         return;
     }
     j->account_failures = c->item[0].r.failures;
+    j->account_by_redis = c->by_redis;
     submit(j, 1);
+}
+
+/* Counts a password attempt on j->account_key (lockout schedule), then verifies it. */
+static void submit_account_checked(struct job *j)
+{
+    const enum rl_rule rule = RL_ACCOUNT;
+    const char *key = j->account_key;
+
+    if (j->w->cfg->ratelimit.lockout.threshold == 0 || j->w->rl == NULL) {
+        submit(j, 1);
+        return;
+    }
+    ratelimit_check(j->w->rl, 1, &rule, &key, account_checked, j);
 }
 
 void api_login(struct http_request *req)
@@ -934,15 +961,9 @@ void api_login(struct http_request *req)
         goto fail;
     }
     json_decref(o);
-    if (w->cfg->ratelimit.lockout.threshold == 0) {
-        submit(j, 1);
-        return;
-    }
     /* Keyed on the email whether or not an account exists: a lockout reveals nothing. */
     ratelimit_account_key(j->email, j->account_key);
-    const enum rl_rule rule = RL_ACCOUNT;
-    const char *key = j->account_key;
-    ratelimit_check(w->rl, 1, &rule, &key, login_account_checked, j);
+    submit_account_checked(j);
     return;
 fail:
     json_decref(o);
@@ -1039,7 +1060,12 @@ void api_me_password(struct http_request *req)
     memcpy(j->new_password, nw, nlen + 1);
     j->new_password_len = nlen;
     json_decref(o);
-    submit(j, 1);
+    /* A stolen access token must not allow brute-forcing the current password: the same
+     * lockout schedule as sign-in, keyed on the user id of the token. */
+    char uid[sizeof(j->user_id) + 8];
+    snprintf(uid, sizeof(uid), "user:%s", j->user_id);
+    ratelimit_account_key(uid, j->account_key);
+    submit_account_checked(j);
     return;
 fail:
     json_decref(o);

@@ -297,6 +297,37 @@ const char *http_header(const struct http_request *req, const char *name)
     return NULL;
 }
 
+char *http_header_combined(const struct http_request *req, const char *name)
+{
+    const struct http_conn *c = req->conn;
+    size_t len = 0;
+    int n = 0;
+
+    for (int i = 0; i < c->nheaders; i++)
+        if (c->headers[i].value != 0 && strcasecmp(c->hbuf + c->headers[i].name, name) == 0) {
+            len += strlen(c->hbuf + c->headers[i].value) + 2;
+            n++;
+        }
+    if (n == 0)
+        return NULL;
+    char *out = malloc(len + 1), *p = out;
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < c->nheaders; i++)
+        if (c->headers[i].value != 0 && strcasecmp(c->hbuf + c->headers[i].name, name) == 0) {
+            const char *v = c->hbuf + c->headers[i].value;
+            size_t vl = strlen(v);
+            if (p != out) {
+                memcpy(p, ", ", 2);
+                p += 2;
+            }
+            memcpy(p, v, vl);
+            p += vl;
+        }
+    *p = '\0';
+    return out;
+}
+
 void http_set_client_addr(struct http_request *req, const char *addr)
 {
     struct http_conn *c = req->conn;

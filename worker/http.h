@@ -44,8 +44,15 @@ void http_conn_accept(struct worker_listener *l, int fd, const struct sockaddr *
 /* The worker serving `req`. */
 struct worker *http_worker(const struct http_request *req);
 
-/* Value of request header `name` (case-insensitive), or NULL. */
+/* Value of the first request header line `name` (case-insensitive), or NULL. */
 const char *http_header(const struct http_request *req, const char *name);
+
+/*
+ * Every field line `name` combined in order with ", " (RFC 9110 section 5.3), as a new string
+ * the caller frees; NULL when absent (or out of memory). For list fields such as
+ * X-Forwarded-For, where each proxy may append its own line.
+ */
+char *http_header_combined(const struct http_request *req, const char *name);
 
 /* Sets req->client_addr (copied; at most INET6_ADDRSTRLEN - 1 bytes). */
 void http_set_client_addr(struct http_request *req, const char *addr);

@@ -29,10 +29,13 @@
 #include "shared/ratelimit.h"
 
 /* KEYS[i]: one per item. ARGV[1..5]: lockout threshold, base_delay_us, max_delay_us,
- * max_failures, reset_after_us; then per item: kind ("g" GCRA or "a" account), interval_us,
- * period_us. Reply: per evaluated item {allowed, a, b, retry_after_us}, where GCRA gives
- * a = TAT - now, b = remaining; the account rule a = failures, b = microseconds since the last
- * failure. Evaluation stops at the first refusal. The math mirrors rl_gcra/rl_account_attempt. */
+ * max_failures, reset_after_us; then per item: kind ("g" GCRA or "a" account) and two numbers:
+ * GCRA interval_us, period_us; account: failures this host counted while Redis was down
+ * (pending) and the age of the last of them in microseconds, added to Redis' count before the
+ * attempt so that an outage (or a flapping Redis) gives no free guesses. Reply: per evaluated item
+ * {allowed, a, b, retry_after_us}, where GCRA gives a = TAT - now, b = remaining; the account rule
+ * a = failures, b = microseconds since the last failure. Evaluation stops at the first refusal. The
+ * math mirrors rl_gcra/rl_account_attempt. */
 static const char script[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
@@ -57,6 +60,12 @@ static const char script[] =
     "    local v = redis.call('HMGET', KEYS[i], 'f', 'l')\n"
     "    local f, l = tonumber(v[1]) or 0, tonumber(v[2]) or 0\n"
     "    if l > 0 and now - l >= reset then f = 0 end\n"
+    "    if iv > 0 and period < reset then\n"
+    "      f = f + iv\n"
+    "      if now - period > l then l = now - period end\n"
+    "      redis.call('HSET', KEYS[i], 'f', f, 'l', string.format('%d', l))\n"
+    "      redis.call('PEXPIRE', KEYS[i], math.ceil((reset - (now - l)) / 1000) + 1)\n"
+    "    end\n"
     "    local wait = 0\n"
     "    if f >= maxf then wait = reset\n"
     "    elseif f >= th then wait = math.min(base * 2 ^ (f - th), maxd) end\n"
@@ -75,6 +84,13 @@ static const char script[] =
 
 enum conn_state { R_DOWN, R_CONNECTING, R_UP };
 
+/* Resets queued per worker during an outage; past it the oldest are dropped (those accounts
+ * keep their failures in Redis until reset_after: fail-safe). */
+#define RL_REDIS_RESET_QUEUE 256
+/* Room for a Redis key: the prefix (config caps it at CONFIG_RL_PREFIX_MAX), a rule name, ':'
+ * and a key. */
+#define RL_REDIS_KEY_MAX (CONFIG_RL_PREFIX_MAX + 16 + RL_KEY_MAX)
+
 struct rl_backend {
     struct ratelimit *rl;
     const struct config *cfg;
@@ -91,6 +107,13 @@ struct rl_backend {
     struct timeval timeout;
     int64_t connect_started_us;
     int64_t ping_sent_us; /* a PING is in flight since (0: none) */
+    /* account resets (successful logins) made while Redis was down, sent when it is back */
+    struct {
+        enum rl_rule rule;
+        char key[RL_KEY_MAX];
+    } resets[RL_REDIS_RESET_QUEUE];
+    int nresets;
+    int resets_dropped; /* logged once per outage */
 };
 
 static void set_fallback(struct rl_backend *r, int on)
@@ -127,6 +150,49 @@ static void go_down(struct rl_backend *r, const char *why)
     }
 }
 
+/* Redis key of (rule, key). */
+static void redis_key(const struct rl_backend *r, enum rl_rule rule, const char *key, char *out,
+                      size_t outlen)
+{
+    snprintf(out, outlen, "%s%s:%s", r->cfg->ratelimit.redis_prefix, ratelimit_rule_name(rule),
+             key);
+}
+
+static void queue_reset(struct rl_backend *r, enum rl_rule rule, const char *key)
+{
+    for (int i = 0; i < r->nresets; i++)
+        if (r->resets[i].rule == rule && strcmp(r->resets[i].key, key) == 0)
+            return;
+    if (r->nresets == RL_REDIS_RESET_QUEUE) {
+        if (!r->resets_dropped)
+            log_warn("ratelimit: more than %d account resets queued while Redis is down; the "
+                     "oldest are dropped (those accounts keep their failures in Redis)",
+                     RL_REDIS_RESET_QUEUE);
+        r->resets_dropped = 1;
+        memmove(&r->resets[0], &r->resets[1], sizeof(r->resets[0]) * (RL_REDIS_RESET_QUEUE - 1));
+        r->nresets--;
+    }
+    r->resets[r->nresets].rule = rule;
+    snprintf(r->resets[r->nresets].key, sizeof(r->resets[r->nresets].key), "%s", key);
+    r->nresets++;
+}
+
+/* Connected again: the resets of the outage go first, before any check is sent. */
+static void flush_resets(struct rl_backend *r)
+{
+    char k[RL_REDIS_KEY_MAX];
+    int sent = 0;
+
+    for (; sent < r->nresets; sent++) {
+        redis_key(r, r->resets[sent].rule, r->resets[sent].key, k, sizeof(k));
+        if (redisAsyncCommand(r->ac, NULL, NULL, "DEL %s", k) != REDIS_OK)
+            break;
+    }
+    memmove(&r->resets[0], &r->resets[sent], sizeof(r->resets[0]) * (size_t)(r->nresets - sent));
+    r->nresets -= sent;
+    r->resets_dropped = 0;
+}
+
 static void on_script_loaded(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct rl_backend *r = ac->data;
@@ -141,6 +207,7 @@ static void on_script_loaded(redisAsyncContext *ac, void *reply, void *privdata)
     }
     memcpy(r->sha, rep->str, 40);
     r->sha[40] = '\0';
+    flush_resets(r);
     r->state = R_UP;
     r->ping_sent_us = 0;
     set_fallback(r, 0);
@@ -442,7 +509,7 @@ static void on_check_timeout(evutil_socket_t fd, short what, void *arg)
 static void send_check(struct rl_backend *r, struct rl_check *c, int full_script)
 {
     const struct rl_lockout *lk = ratelimit_lockout(r->rl);
-    char nums[5 + 3 * RL_MAX_ITEMS][24], keys[RL_MAX_ITEMS][160], nkeys[8];
+    char nums[5 + 3 * RL_MAX_ITEMS][24], keys[RL_MAX_ITEMS][RL_REDIS_KEY_MAX], nkeys[8];
     const char *argv[3 + RL_MAX_ITEMS + 5 + 3 * RL_MAX_ITEMS];
     int argc = 0, k = 0;
 
@@ -451,8 +518,7 @@ static void send_check(struct rl_backend *r, struct rl_check *c, int full_script
     snprintf(nkeys, sizeof(nkeys), "%d", c->n);
     argv[argc++] = nkeys;
     for (int i = 0; i < c->n; i++) {
-        snprintf(keys[i], sizeof(keys[i]), "%s%s:%s", r->cfg->ratelimit.redis_prefix,
-                 ratelimit_rule_name(c->item[i].rule), c->item[i].key);
+        redis_key(r, c->item[i].rule, c->item[i].key, keys[i], sizeof(keys[i]));
         argv[argc++] = keys[i];
     }
     long long lv[5] = {lk->threshold, lk->base_delay_us, lk->max_delay_us, lk->max_failures,
@@ -464,11 +530,18 @@ static void send_check(struct rl_backend *r, struct rl_check *c, int full_script
     for (int i = 0; i < c->n; i++) {
         int64_t period;
         int limit = ratelimit_rule_limit(r->rl, c->item[i].rule, &period);
+        long long x, y;
+        if (c->item[i].rule == RL_ACCOUNT) {
+            x = c->item[i].pushed;
+            y = c->item[i].pushed_age_us < 0 ? 0 : c->item[i].pushed_age_us;
+        } else {
+            x = limit > 0 ? (period / limit > 0 ? period / limit : 1) : 1;
+            y = period;
+        }
         argv[argc++] = c->item[i].rule == RL_ACCOUNT ? "a" : "g";
-        snprintf(nums[k], sizeof(nums[k]), "%lld",
-                 (long long)(limit > 0 ? (period / limit > 0 ? period / limit : 1) : 1));
+        snprintf(nums[k], sizeof(nums[k]), "%lld", x);
         argv[argc++] = nums[k++];
-        snprintf(nums[k], sizeof(nums[k]), "%lld", (long long)period);
+        snprintf(nums[k], sizeof(nums[k]), "%lld", y);
         argv[argc++] = nums[k++];
     }
     if (redisAsyncCommandArgv(r->ac, on_check_reply, c, argc, argv, NULL) != REDIS_OK) {
@@ -493,6 +566,8 @@ static void redis_check(struct rl_backend *r, struct rl_check *c)
         return;
     }
     c->be = r;
+    for (int i = 0; i < c->n; i++)
+        ratelimit_take_pending(r->rl, &c->item[i]);
     evtimer_add(c->timer, &r->timeout);
     c->sent_us = ratelimit_now_us();
     send_check(r, c, 0);
@@ -500,9 +575,28 @@ static void redis_check(struct rl_backend *r, struct rl_check *c)
 
 static void redis_reset(struct rl_backend *r, enum rl_rule rule, const char *key)
 {
-    if (r->state == R_UP && r->ac != NULL)
-        redisAsyncCommand(r->ac, NULL, NULL, "DEL %s%s:%s", r->cfg->ratelimit.redis_prefix,
-                          ratelimit_rule_name(rule), key);
+    char k[RL_REDIS_KEY_MAX];
+
+    redis_key(r, rule, key, k, sizeof(k));
+    if (r->state != R_UP || r->ac == NULL ||
+        redisAsyncCommand(r->ac, NULL, NULL, "DEL %s", k) != REDIS_OK)
+        queue_reset(r, rule, key); /* sent before the first check once Redis is back */
+}
+
+/* Gives back one failure (never below 0); lost if Redis is down (conservative). */
+static const char refund_script[] =
+    "local f = tonumber(redis.call('HGET', KEYS[1], 'f'))\n"
+    "if f and f > 0 then redis.call('HINCRBY', KEYS[1], 'f', -1) end\n"
+    "return 0\n";
+
+static void redis_refund(struct rl_backend *r, enum rl_rule rule, const char *key)
+{
+    char k[RL_REDIS_KEY_MAX];
+
+    if (r->state != R_UP || r->ac == NULL)
+        return;
+    redis_key(r, rule, key, k, sizeof(k));
+    redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 1 %s", refund_script, k);
 }
 
 static int redis_degraded(const struct rl_backend *r)
@@ -525,6 +619,7 @@ const struct rl_backend_ops rl_backend_redis = {
     .open = redis_open,
     .check = redis_check,
     .reset = redis_reset,
+    .refund = redis_refund,
     .degraded = redis_degraded,
     .close = redis_close,
 };

@@ -85,10 +85,42 @@ static void handle_readyz(struct http_request *req)
                               "checks", checks));
 }
 
+/* Appends the host-wide limiter table's own counters (it lives beside, not in, the health
+ * segment). Returns the new text, or `text` unchanged when there is no table. */
+static char *append_limiter_table(char *text, size_t *len)
+{
+    const struct rl_shm *t = ratelimit_shm_table();
+    uint64_t evictions, refused;
+    char *out;
+
+    if (t == NULL || text == NULL)
+        return text;
+    rl_shm_stats(t, &evictions, &refused);
+    int n = asprintf(&out,
+                     "%s# HELP authd_ratelimit_shm_capacity Entries of the host-wide limiter table."
+                     "\n# TYPE authd_ratelimit_shm_capacity gauge\n"
+                     "authd_ratelimit_shm_capacity %d\n"
+                     "# HELP authd_ratelimit_shm_evictions_total Live limiter entries evicted to "
+                     "make room (the table is too small when this grows fast).\n"
+                     "# TYPE authd_ratelimit_shm_evictions_total counter\n"
+                     "authd_ratelimit_shm_evictions_total %llu\n"
+                     "# HELP authd_ratelimit_shm_refused_stores_total New limiter entries not "
+                     "stored because their bucket held only locked accounts.\n"
+                     "# TYPE authd_ratelimit_shm_refused_stores_total counter\n"
+                     "authd_ratelimit_shm_refused_stores_total %llu\n",
+                     text, rl_shm_capacity(t), (unsigned long long)evictions,
+                     (unsigned long long)refused);
+    if (n < 0)
+        return text;
+    free(text);
+    *len = (size_t)n;
+    return out;
+}
+
 static void handle_metrics(struct http_request *req)
 {
     size_t len;
-    char *text = metrics_render(worker_of(req)->health, &len);
+    char *text = append_limiter_table(metrics_render(worker_of(req)->health, &len), &len);
 
     if (text == NULL) {
         http_reply_error(req, 500, "internal_error", "Could not render metrics.");
@@ -226,18 +258,23 @@ static void on_limits(void *arg, const struct rl_check *c)
 void router_dispatch(struct http_request *req)
 {
     struct worker *w = worker_of(req);
-    char client[INET6_ADDRSTRLEN];
+    char client[INET6_ADDRSTRLEN], key[INET6_ADDRSTRLEN + 8];
     enum rl_rule rules[2];
-    const char *keys[2] = {client, client};
+    const char *keys[2] = {key, key};
     int n = 0;
 
     if (req->admin || w->rl == NULL) {
         run(req);
         return;
     }
-    ratelimit_client_ip(w->rl, req->remote_addr, http_header(req, "x-forwarded-for"), client,
-                        sizeof(client));
+    /* Every X-Forwarded-For line counts: a client's forged line comes first, the line its
+     * proxy added last; the walk from the right then finds the address the proxy saw. */
+    char *xff = http_header_combined(req, "x-forwarded-for");
+    ratelimit_client_ip(w->rl, req->remote_addr, xff, client, sizeof(client));
+    free(xff);
     http_set_client_addr(req, client);
+    /* IPv6 clients are limited per network (ratelimit.ipv6_prefix), IPv4 per address. */
+    ratelimit_client_key(w->rl, client, key, sizeof(key));
     enum route_id id = route_of(req);
     enum rl_rule rr = route_rule(id);
     /* Liveness probes of load balancers must never be refused: /healthz is not limited. */

@@ -231,6 +231,28 @@ out=$(AUTHD_BACKUP_ENCRYPTION_KEY_FILE="$T/bk.key" authd backup verify "$ENC" 2>
 expect_eq "$rc" 1 "a world-readable key file"
 expect_contains "$out" "mode 0644" "a world-readable key file"
 chmod 600 "$T/bk.key"
+# With a key set, an unencrypted file is refused (its origin cannot be authenticated), by verify
+# and by restore alike: the reader refuses it, so a file swapped in after the check cannot pass.
+rc=0
+out=$(AUTHD_BACKUP_ENCRYPTION_KEY_FILE="$T/bk.key" authd backup verify "$BACKUP" 2>&1) || rc=$?
+expect_eq "$rc" 1 "verify of an unencrypted file with a key set"
+expect_contains "$out" "is not encrypted but backup.encryption_key_file is set" \
+    "verify of an unencrypted file with a key set"
+rc=0
+out=$(AUTHD_BACKUP_ENCRYPTION_KEY_FILE="$T/bk.key" AUTHD_STORE_PATH="$T/unenc.db" \
+    authd restore "$BACKUP" 2>&1) || rc=$?
+expect_eq "$rc" 1 "restore of an unencrypted file with a key set"
+expect_contains "$out" "is not encrypted but backup.encryption_key_file is set" \
+    "restore of an unencrypted file with a key set"
+expect_contains "$out" "the store was not touched" "restore of an unencrypted file with a key set"
+if ((EUID == 0)); then # a key file of another user (not root) is refused, whatever its mode
+    chown 4242 "$T/bk.key"
+    rc=0
+    out=$(AUTHD_BACKUP_ENCRYPTION_KEY_FILE="$T/bk.key" authd backup verify "$ENC" 2>&1) || rc=$?
+    expect_eq "$rc" 1 "a key file owned by another user"
+    expect_contains "$out" "owned by uid 4242" "a key file owned by another user"
+    chown 0 "$T/bk.key"
+fi
 
 # ---- full disk: a small tmpfs with an earlier backup in it ----
 FULL="$T/full"

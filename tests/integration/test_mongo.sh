@@ -109,6 +109,12 @@ expect_status 200 "" "/readyz"
 expect_eq "$(jget "d['checks']['store']")" ok "/readyz store check"
 out=$(authd migrate 2>&1) || fail "authd migrate beside the running server: $out"
 expect_contains "$out" "migrated" "authd migrate"
+# libmongoc quotes the password in its URI errors: authd must not pass them on (stderr, logs).
+if out=$(AUTHD_STORE_URI="mongodb://authd:s3cr:et@127.0.0.1:$MPORT/" authd migrate 2>&1); then
+    fail "authd migrate with an invalid URI succeeded: $out"
+fi
+expect_contains "$out" "store.uri is not a valid MongoDB URI" "migrate with an invalid URI"
+expect_not_contains "$out" "s3cr" "migrate with an invalid URI (the password)"
 note "API flows on the mongo driver: ok"
 
 # A backup made through the running master restores into SQLite, and that store's backup into

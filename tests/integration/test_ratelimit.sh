@@ -5,7 +5,9 @@
 # Retry-After, RateLimit-Policy and RateLimit; the per-account lockout (delay after the
 # threshold, even for the right password; identical for an unknown email; reset by a success;
 # a hard lock at max_failures); /healthz never limited; after a reload without trusted proxies,
-# a forged X-Forwarded-For is ignored; the metrics and /readyz.
+# a forged X-Forwarded-For is ignored; the metrics and /readyz. Several X-Forwarded-For lines are
+# combined (a forged first line does not evade the limit); IPv6 clients share a limit per /64;
+# the per-account lockout also guards the current password of /v1/me/password.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 itest_init
 need_python
@@ -153,6 +155,64 @@ expect_429 "hard lock"
 ra=$(header retry-after)
 ((ra > 50 && ra <= 60)) || fail "hard lock Retry-After $ra, expected about reset_after (60)"
 
+# ---- several X-Forwarded-For lines: combined in order, the proxy's own line counts ----
+# The client sends a forged line, the trusted proxy (127.0.0.1) appends its own line.
+codes=""
+for i in 1 2 3 4 5 6; do
+    CODE=$("${CURL[@]}" -o /dev/null -w '%{http_code}' -H "X-Forwarded-For: 203.0.113.$i" \
+        -H 'X-Forwarded-For: 198.51.100.60' -H 'Content-Type: application/json' \
+        --data-binary "$(creds "multi$i@example.com" wrong-password)" \
+        "$(https_url /v1/auth/login)" 2>/dev/null) || true
+    codes+="$CODE "
+done
+expect_eq "$codes" "401 401 401 401 401 429 " "forged left X-Forwarded-For lines do not evade the limit"
+login 198.51.100.60 multi7@example.com wrong-password
+expect_429 "the address of the proxy's line is the one limited"
+login 203.0.113.7 multi8@example.com wrong-password
+expect_eq "$CODE" 401 "the forged address has its own, untouched quota"
+
+# ---- IPv6 clients are limited per /64 (ratelimit.ipv6_prefix) ----
+codes=""
+for i in 1 2 3 4 5 6; do
+    login "2001:db8:5:6::$i" "v6-$i@example.com" wrong-password
+    codes+="$CODE "
+done
+expect_eq "$codes" "401 401 401 401 401 429 " "addresses of one IPv6 /64 share the limit"
+login 2001:db8:5:6:ffff:1:2:3 v6-7@example.com wrong-password
+expect_eq "$CODE" 429 "any address of the /64"
+login 2001:db8:5:7::1 v6-8@example.com wrong-password
+expect_eq "$CODE" 401 "another /64 is not affected"
+
+# ---- password change: the current password cannot be brute-forced with an access token ----
+PW_EMAIL=pwchange@example.com
+api POST /v1/auth/register 198.51.100.70 "$(creds "$PW_EMAIL" "$PASS")"
+expect_eq "$CODE" 201 "register $PW_EMAIL"
+login 198.51.100.70 "$PW_EMAIL" "$PASS"
+expect_eq "$CODE" 200 "sign in $PW_EMAIL"
+PW_AT=$(printf '%s' "$BODY" | json "d['access_token']")
+change() { # IP CURRENT NEW
+    api_auth POST /v1/me/password "$1" "$(printf '{"current_password":"%s","new_password":"%s"}' "$2" "$3")"
+}
+api_auth() { # METHOD PATH IP BODY, with the access token
+    rm -f "$T/h.out" "$T/b.out"
+    CODE=$("${CURL[@]}" -X "$1" -D "$T/h.out" -o "$T/b.out" -w '%{http_code}' \
+        -H "X-Forwarded-For: $3" -H "Authorization: Bearer $PW_AT" \
+        -H 'Content-Type: application/json' --data-binary "$4" "$(https_url "$2")" \
+        2>/dev/null) || true
+    BODY=$(cat "$T/b.out" 2>/dev/null || true)
+    HDRS=$(tr -d '\r' <"$T/h.out" 2>/dev/null || true)
+}
+for i in 1 2 3; do
+    change "198.51.100.7$i" "wrong current $i" "another good passphrase $i"
+    expect_eq "$CODE" 401 "wrong current password $i"
+done
+change 198.51.100.75 "$PASS" "another good passphrase 9"
+expect_429 "password change with the right password during the delay"
+expect_contains "$BODY" "current password" "password-change lockout message"
+sleep 1.1
+change 198.51.100.76 "$PASS" "another good passphrase 9"
+expect_eq "$CODE" 204 "password change after the delay"
+
 # ---- without trusted proxies (after a reload) X-Forwarded-For is ignored ----
 EXTRA_CONFIG=${EXTRA_CONFIG/trusted_proxies = \[\"127.0.0.1\"\];/trusted_proxies = [];}
 [[ "$EXTRA_CONFIG" != *127.0.0.1* ]] || fail "test bug: trusted_proxies not removed"
@@ -182,6 +242,8 @@ expect_match "$m" 'authd_ratelimit_lockouts_total [1-9]' "lockouts counted"
 expect_match "$m" 'authd_ratelimit_checks_total\{backend="shm"\} [1-9]' "shm checks counted"
 expect_match "$m" 'authd_ratelimit_checks_total\{backend="redis"\} 0' "no redis checks"
 expect_match "$m" 'authd_ratelimit_fallback_active 0' "no fallback on shm"
+expect_match "$m" 'authd_ratelimit_shm_capacity [1-9][0-9]*' "limiter table capacity exported"
+expect_match "$m" 'authd_ratelimit_shm_refused_stores_total 0' "no store refused in a roomy table"
 expect_match "$m" 'authd_auth_events_total\{event="login",result="failure"\} [1-9]' "login failures counted"
 expect_match "$m" 'authd_auth_events_total\{event="login",result="success"\} [1-9]' "login successes counted"
 expect_match "$m" 'authd_auth_events_total\{event="register",result="success"\} [1-9]' "registrations counted"

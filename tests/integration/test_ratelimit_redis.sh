@@ -3,7 +3,9 @@
 # two authd instances (per-IP and per-account), a slow Redis (SIGSTOP) answered from shared
 # memory within the timeout and noticed by idle instances too (PING), redis-server killed under a login load (no 5xx, /readyz
 # "degraded" but 200, the fallback metric and one warning line, limits and the account lockout
-# still enforced), and, after a restart, shared counting again without restarting authd.
+# still enforced), and, after a restart, shared counting again without restarting authd;
+# account failures counted during an outage reach Redis when it is back, and a successful
+# sign-in during an outage clears the account in Redis when it is back.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 itest_init
 need_python
@@ -102,6 +104,23 @@ v=$(metric_of "$A_ADMIN" 'authd_ratelimit_checks_total{backend="redis"}')
 v=$(metric_of "$B_ADMIN" 'authd_ratelimit_redis_latency_seconds_count')
 [[ "$v" != missing && "$v" -gt 0 ]] || fail "redis latency observations on B: $v"
 
+# ---- an account with failures in Redis, to be reset by a success during the outage below ----
+akey() { # EMAIL: the Redis key of the account's lockout counter
+    printf 'itest:rl:account:%s' "$(printf '%s' "$1" | sha256sum | cut -c1-32)"
+}
+RESET_EMAIL=reset@example.com
+RESET_PASS="correct horse battery staple"
+CODE=$("${CURL[@]}" -o /dev/null -w '%{http_code}' -H 'X-Forwarded-For: 198.51.100.50' \
+    -H 'Content-Type: application/json' \
+    --data-binary "{\"email\":\"$RESET_EMAIL\",\"password\":\"$RESET_PASS\"}" \
+    "https://127.0.0.1:$A_PORT/v1/auth/register" 2>/dev/null) || true
+expect_eq "$CODE" 201 "register $RESET_EMAIL"
+for i in 1 2; do
+    login "$A_PORT" "198.51.100.5$i" "$RESET_EMAIL" wrong-password
+    expect_eq "$CODE" 401 "$RESET_EMAIL failure $i before the outage"
+done
+expect_eq "$(rcli HGET "$(akey "$RESET_EMAIL")" f)" 2 "two failures of $RESET_EMAIL in Redis"
+
 # ---- a slow Redis: answered from shared memory within the timeout ----
 kill -STOP "$REDIS_PID"
 t0=$(now_ms)
@@ -118,8 +137,15 @@ both_degraded() {
     [[ "$(readyz "$A_ADMIN")" == degraded && "$(readyz "$B_ADMIN")" == degraded ]]
 }
 wait_until 5 both_degraded || fail "an idle instance did not notice the stopped Redis"
+# a success while Redis does not answer: the reset is queued and sent once it is back
+login "$A_PORT" 198.51.100.53 "$RESET_EMAIL" "$RESET_PASS"
+expect_eq "$CODE" 200 "$RESET_EMAIL signs in while Redis is stopped"
 kill -CONT "$REDIS_PID"
 wait_until 15 shared_ok || fail "ratelimit not ok again after the second SIGCONT"
+reset_sent() {
+    [[ "$(rcli EXISTS "$(akey "$RESET_EMAIL")")" == 0 ]]
+}
+wait_until 10 reset_sent || fail "the reset of a success during the outage never reached Redis"
 
 # ---- redis-server killed under a login load ----
 warn_before=$(grep -c 'checking limits in shared memory' "$SERVER_STDERR" || true)
@@ -164,6 +190,14 @@ done
 expect_eq "$codes" "401 401 401 401 401 401 429 " "per-IP limit during the outage"
 login "$A_PORT" 198.51.100.31 ghost@example.com wrong-password
 expect_eq "$CODE" 429 "the account lockout survives the outage (mirrored into shared memory)"
+# failures counted during the outage reach Redis once it is back (no free guesses from a
+# flapping Redis), and a success during the outage clears Redis once it is back
+for i in 1 2 3; do
+    login "$A_PORT" "198.51.100.6$i" flap@example.com wrong-password
+    expect_eq "$CODE" 401 "flap@example.com failure $i during the outage"
+done
+login "$A_PORT" 198.51.100.64 flap@example.com wrong-password
+expect_eq "$CODE" 429 "flap@example.com delayed during the outage"
 
 # ---- Redis back: shared again without a restart ----
 start_redis
@@ -171,6 +205,15 @@ note "redis-server restarted (pid $REDIS_PID)"
 wait_until 15 shared_ok || fail "ratelimit not ok after Redis came back: A '$(readyz "$A_ADMIN")' B '$(readyz "$B_ADMIN")'"
 grep -q 'is back; limits are shared again' "$SERVER_STDERR" || fail "no recovery log line"
 expect_eq "$(metric_of "$A_ADMIN" authd_ratelimit_fallback_active)" 0 "fallback gauge of A after recovery"
+# the restarted Redis is empty: A's next check of flap@example.com pushes its outage failures
+flap_in_redis() {
+    login "$A_PORT" 198.51.100.65 flap@example.com wrong-password
+    [[ "$CODE" == 429 ]] || fail "flap@example.com on A after recovery: $CODE, expected 429"
+    [[ "$(rcli HGET "$(akey flap@example.com)" f)" == 3 ]]
+}
+wait_until 10 flap_in_redis || fail "the failures counted during the outage did not reach Redis"
+login "$B_PORT" 198.51.100.66 flap@example.com wrong-password
+expect_eq "$CODE" 429 "flap@example.com on B after recovery (outage failures shared)"
 codes=$(alternate_logins 198.51.100.40 7)
 expect_eq "$codes" "401 401 401 401 401 401 429 " "shared per-IP counting after Redis returned"
 expect_contains "$(rcli --scan --pattern 'itest:rl:login:*')" "198.51.100.40" "counter back in Redis"

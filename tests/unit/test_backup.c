@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "master/backup.h"
@@ -353,9 +356,86 @@ static void wrong_key_and_version(void **state)
     assert_int_equal(read_file(fx->path, KEY, NULL, err, sizeof(err)), -1);
     assert_contains(err, "unsupported format version 9 (this authd reads 1)");
     free(b);
-    /* An unencrypted file reads with or without a key. */
+    /* An unencrypted file reads without a key only: with one, the reader itself refuses it
+     * (its origin cannot be authenticated), whoever uses the reader. */
     write_file(fx, 10, NULL);
-    assert_int_equal(read_file(fx->path, KEY, NULL, err, sizeof(err)), 0);
+    assert_int_equal(read_file(fx->path, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(read_file(fx->path, KEY, NULL, err, sizeof(err)), -1);
+    assert_contains(err, "not encrypted");
+}
+
+/* The header's driver name is printed: anything but [a-z0-9_-] and zero padding is refused. */
+static void header_driver_and_time(void **state)
+{
+    struct fx *fx = *state;
+    struct backup_info info;
+    char err[512], out[1024];
+    size_t len;
+
+    write_file(fx, 10, NULL);
+    unsigned char *b = slurp(fx->path, &len);
+    b[24 + 2] = 0x1b; /* "sq\033ite" */
+    spit(fx->path, b, len);
+    assert_int_equal(read_file(fx->path, NULL, NULL, err, sizeof(err)), -1);
+    assert_contains(err, "bad store driver name");
+    b[24 + 2] = 'l';
+    b[24 + 10] = 'x'; /* after the terminating zero */
+    spit(fx->path, b, len);
+    assert_int_equal(read_file(fx->path, NULL, NULL, err, sizeof(err)), -1);
+    assert_contains(err, "bad store driver name");
+    free(b);
+    /* A crafted creation time does not make describe read garbage. */
+    memset(&info, 0, sizeof(info));
+    snprintf(info.driver, sizeof(info.driver), "sqlite");
+    for (int i = 0; i < 2; i++) {
+        info.created_ms = i ? INT64_MIN : INT64_MAX;
+        backup_describe_info("x.bak", &info, out, sizeof(out));
+        assert_contains(out, "sqlite store, created ");
+    }
+}
+
+/* Records near the longest line accepted, back to back: each is found once and whole. */
+static void long_lines(void **state)
+{
+    struct fx *fx = *state;
+    char err[256] = "";
+    int64_t size = 0;
+    size_t big = (4u << 20) - 200;
+    char *s = malloc(big + 1);
+    int fd = open(fx->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+    assert_non_null(s);
+    memset(s, 'a', big);
+    s[big] = '\0';
+    struct backup_writer *w =
+        backup_writer_new(fd, "sqlite", 1700000000123, NULL, err, sizeof(err));
+    assert_non_null(w);
+    for (int i = 0; i < 3; i++) {
+        s[i] = 'b';
+        json_t *d = json_pack("{s:s, s:i}", "x", s, "i", i);
+        assert_int_equal(backup_writer_record(w, "users", d), 0);
+        json_decref(d);
+    }
+    assert_int_equal(backup_writer_finish(w, &size), 0);
+    backup_writer_free(w);
+    close(fd);
+    fd = open(fx->path, O_RDONLY);
+    struct backup_reader *r = backup_reader_open(fd, NULL, err, sizeof(err));
+    assert_non_null(r);
+    const char *coll;
+    json_t *doc;
+    int n = 0, rc;
+    while ((rc = backup_reader_next(r, &coll, &doc)) == 1) {
+        assert_int_equal(json_integer_value(json_object_get(doc, "i")), n);
+        assert_int_equal(json_string_length(json_object_get(doc, "x")), big);
+        json_decref(doc);
+        n++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(n, 3);
+    backup_reader_free(r);
+    close(fd);
+    free(s);
 }
 
 static void key_files(void **state)
@@ -382,6 +462,17 @@ static void key_files(void **state)
     assert_contains(err, "mode 0644");
     chmod(path, 0640);
     assert_int_equal(backup_key_load(path, key, err, sizeof(err)), 0);
+    /* Owned by someone else (not root): refused, whatever the mode. */
+    if (geteuid() == 0) {
+        assert_int_equal(chown(path, 4242, 4242), 0);
+        assert_int_equal(backup_key_load(path, key, err, sizeof(err)), -1);
+        assert_contains(err, "owned by uid 4242");
+        assert_int_equal(chown(path, 0, 0), 0);
+        assert_int_equal(backup_key_load(path, key, err, sizeof(err)), 0);
+    } else {
+        assert_int_equal(chown(path, geteuid(), (gid_t)-1), 0);
+        assert_int_equal(backup_key_load(path, key, err, sizeof(err)), 0);
+    }
 }
 
 static void retention(void **state)
@@ -571,25 +662,104 @@ static void store_corrupt_and_retention(void **state)
     config_free(cfg);
 }
 
-/* A snapshot left by a killed backup is removed by the next one; a live (flocked) one is not. */
+/*
+ * A snapshot left by a killed backup (older than an hour, not flocked) is removed by the next
+ * one; a live (flocked) one is not, nor a young unlocked one (a concurrent dump between its
+ * mkostemp and its flock).
+ */
 static void stale_snapshots(void **state)
 {
     struct fx *fx = *state;
     struct config *cfg = store_config(fx, "s.db");
     struct backup_result res;
-    char err[1024], stale[192], live[192];
+    char err[1024], stale[192], live[192], young[192];
+    struct timeval old[2] = {{time(NULL) - 7200, 0}, {time(NULL) - 7200, 0}};
 
     fill_store(cfg, 3);
     snprintf(stale, sizeof(stale), "%s/s.db.snapshot-AbCdEf", fx->dir);
     snprintf(live, sizeof(live), "%s/s.db.snapshot-LiVeLi", fx->dir);
+    snprintf(young, sizeof(young), "%s/s.db.snapshot-YoUnGg", fx->dir);
     spit(stale, (const unsigned char *)"x", 1);
     spit(live, (const unsigned char *)"x", 1);
+    spit(young, (const unsigned char *)"x", 1);
+    assert_int_equal(utimes(stale, old), 0);
+    assert_int_equal(utimes(live, old), 0);
     int fd = open(live, O_RDONLY);
     assert_int_equal(flock(fd, LOCK_EX), 0);
     assert_int_equal(backup_run(cfg, NULL, &res, err, sizeof(err)), 0);
     assert_int_equal(access(stale, F_OK), -1);
     assert_int_equal(access(live, F_OK), 0);
+    assert_int_equal(access(young, F_OK), 0);
     close(fd);
+    config_free(cfg);
+}
+
+/* Files in `dir` whose name contains `part`. */
+static int count_files(const char *dir, const char *part)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int n = 0;
+
+    while (d != NULL && (de = readdir(d)) != NULL)
+        n += strstr(de->d_name, part) != NULL;
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* A cancelled backup (SIGTERM) fails and leaves no temporary file and no snapshot. */
+static void cancel_leaves_nothing(void **state)
+{
+    struct fx *fx = *state;
+    struct config *cfg = store_config(fx, "k.db");
+    struct backup_result res;
+    char err[1024], bdir[160];
+
+    snprintf(bdir, sizeof(bdir), "%s/backups", fx->dir);
+    fill_store(cfg, 20);
+    store_dump_cancel = 1; /* stops the SQLite snapshot copy */
+    assert_int_equal(backup_run(cfg, NULL, &res, err, sizeof(err)), -1);
+    assert_contains(err, "cancelled");
+    store_dump_cancel = 0;
+    backup_cancel = 1; /* stops at the next record */
+    assert_int_equal(backup_run(cfg, NULL, &res, err, sizeof(err)), -1);
+    assert_contains(err, "cancelled");
+    backup_cancel = 0;
+    assert_int_equal(count_files(bdir, ".tmp"), 0);
+    assert_int_equal(count_files(bdir, ".bak"), 0);
+    assert_int_equal(count_files(fx->dir, ".snapshot-"), 0);
+    assert_int_equal(backup_run(cfg, NULL, &res, err, sizeof(err)), 0);
+    config_free(cfg);
+}
+
+/* info may be NULL; with a key set, an unencrypted backup is refused and the store untouched. */
+static void restore_checks(void **state)
+{
+    struct fx *fx = *state;
+    struct config *cfg = store_config(fx, "p.db");
+    struct backup_result res;
+    char err[1024], key[160];
+
+    fill_store(cfg, 4);
+    assert_int_equal(backup_run(cfg, NULL, &res, err, sizeof(err)), 0);
+    assert_int_equal(backup_verify(cfg, res.path, NULL, err, sizeof(err)), 0);
+    struct config *cfg2 = store_config(fx, "q.db");
+    assert_int_equal(backup_restore(cfg2, res.path, 0, NULL, err, sizeof(err)), 0);
+    assert_int_equal(users_in(cfg2), 4);
+    config_free(cfg2);
+
+    snprintf(key, sizeof(key), "%s/key", fx->dir);
+    spit(key, KEY, 32);
+    setenv("AUTHD_BACKUP_ENCRYPTION_KEY_FILE", key, 1);
+    struct config *cfg3 = store_config(fx, "r.db");
+    unsetenv("AUTHD_BACKUP_ENCRYPTION_KEY_FILE");
+    fill_store(cfg3, 2);
+    assert_int_equal(backup_restore(cfg3, res.path, 1, NULL, err, sizeof(err)), -1);
+    assert_contains(err, "not encrypted");
+    assert_contains(err, "the store was not touched");
+    assert_int_equal(users_in(cfg3), 2);
+    config_free(cfg3);
     config_free(cfg);
 }
 
@@ -610,6 +780,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(store_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(store_corrupt_and_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(stale_snapshots, setup, teardown),
+        cmocka_unit_test_setup_teardown(header_driver_and_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(long_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(cancel_leaves_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(restore_checks, setup, teardown),
     };
     return cmocka_run_group_tests_name("backup", tests, NULL, NULL);
 }

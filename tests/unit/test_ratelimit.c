@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -233,6 +234,46 @@ static int hold_fn(struct rl_state *st, int found, int64_t now, void *arg)
     _exit(0); /* dies holding the bucket lock */
 }
 
+static int set_fn(struct rl_state *st, int found, int64_t now, void *arg)
+{
+    *st = *(const struct rl_state *)arg;
+    return 1;
+}
+
+struct probe {
+    int found;
+    struct rl_state st;
+};
+
+static int probe_fn(struct rl_state *st, int found, int64_t now, void *arg)
+{
+    struct probe *p = arg;
+    p->found = found;
+    p->st = *st;
+    return 0;
+}
+
+/* A zombie (exited, not reaped) still answers kill(pid, 0): its lock is taken over anyway. */
+static void test_shm_zombie_lock_owner(void **state)
+{
+    struct rl_shm *t = rl_shm_create(256);
+    int st;
+
+    assert_non_null(t);
+    uint64_t key = rl_shm_key(t, RL_ACCOUNT, "zombie");
+    pid_t pid = fork();
+    if (pid == 0)
+        rl_shm_update(t, key, 1, getpid(), hold_fn, NULL);
+    /* Not reaped before the takeover: wait until it is a zombie. */
+    siginfo_t si;
+    assert_int_equal(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT), 0);
+    struct gcra_arg g = {5, 60 * S, 0};
+    rl_shm_update(t, key, 1000 * S, getpid(), gcra_fn, &g);
+    assert_int_equal(g.allowed, 1);
+    waitpid(pid, &st, 0);
+    rl_shm_destroy(t);
+}
+
 static void test_shm_dead_lock_owner(void **state)
 {
     struct rl_shm *t = rl_shm_create(256);
@@ -250,6 +291,243 @@ static void test_shm_dead_lock_owner(void **state)
     rl_shm_update(t, key, 1000 * S, getpid(), gcra_fn, &g);
     assert_int_equal(g.allowed, 1);
     rl_shm_destroy(t);
+}
+
+/* A lookup of a missing key (fn stores nothing) must not evict a live entry. */
+static int lookup_fn(struct rl_state *st, int found, int64_t now, void *arg)
+{
+    return 0;
+}
+
+static void fill_bucket_of(struct rl_shm *t, const char *name, uint64_t target, int64_t now, int n,
+                           int prio, int64_t expires, uint64_t *keys)
+{
+    char key[48];
+    int got = 0;
+    int nb = rl_shm_capacity(t) / 6;
+
+    for (int i = 0; got < n && i < 100000; i++) {
+        snprintf(key, sizeof(key), "%s%d", name, i);
+        uint64_t k = rl_shm_key(t, RL_ACCOUNT, key);
+        if (k % (uint64_t)nb != target % (uint64_t)nb || k == target)
+            continue;
+        struct rl_state want = {.a = prio, .b = now, .expires_us = expires, .prio = prio};
+        keys[got++] = k;
+        rl_shm_update(t, k, now, getpid(), set_fn, &want);
+    }
+    assert_int_equal(got, n);
+}
+
+static void test_shm_lookup_does_not_evict(void **state)
+{
+    struct rl_shm *t = rl_shm_create(256);
+    int64_t now = 1000 * S;
+    uint64_t keys[6];
+    struct probe p;
+
+    assert_non_null(t);
+    assert_int_equal(rl_shm_capacity(t) % 6, 0);
+    uint64_t missing = rl_shm_key(t, RL_ACCOUNT, "missing");
+    fill_bucket_of(t, "f", missing, now, 6, 0, now + 60 * S, keys);
+    rl_shm_update(t, missing, now, getpid(), lookup_fn, NULL);
+    for (int i = 0; i < 6; i++) {
+        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p);
+        assert_true(p.found);
+    }
+    uint64_t ev, refused;
+    rl_shm_stats(t, &ev, &refused);
+    assert_int_equal(ev, 0);
+    rl_shm_destroy(t);
+}
+
+/* Table pressure never resets a locked account; low-priority entries go first. */
+static void test_shm_eviction_keeps_lockouts(void **state)
+{
+    struct rl_shm *t = rl_shm_create(256);
+    int64_t now = 1000 * S;
+    uint64_t keys[6], ev, refused;
+    struct probe p;
+
+    assert_non_null(t);
+    uint64_t target = rl_shm_key(t, RL_ACCOUNT, "victim");
+    /* A bucket of locked accounts, all expiring before the newcomer. */
+    fill_bucket_of(t, "f", target, now, 6, RL_PRIO_KEEP + 5, now + 10 * S, keys);
+    struct rl_state fresh = {.a = 1, .b = now, .expires_us = now + 3600 * S, .prio = 2};
+    assert_int_equal(rl_shm_update(t, target, now, getpid(), set_fn, &fresh), 1);
+    for (int i = 0; i < 6; i++) {
+        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p);
+        assert_true(p.found);
+        assert_int_equal(p.st.a, RL_PRIO_KEEP + 5);
+    }
+    rl_shm_update(t, target, now, getpid(), probe_fn, &p);
+    assert_false(p.found); /* allowed, not stored */
+    rl_shm_stats(t, &ev, &refused);
+    assert_int_equal(ev, 0);
+    assert_int_equal(refused, 1);
+    rl_shm_destroy(t);
+
+    /* Mixed bucket: the GCRA (prio 0) entry goes first even though the locked one expires
+     * sooner; then the low-count account. */
+    t = rl_shm_create(256);
+    assert_non_null(t);
+    target = rl_shm_key(t, RL_ACCOUNT, "victim");
+    fill_bucket_of(t, "locked", target, now, 4, RL_PRIO_KEEP + 3, now + 5 * S, keys);
+    fill_bucket_of(t, "gcra", target, now, 1, 0, now + 600 * S, keys + 4);
+    fill_bucket_of(t, "low", target, now, 1, 2, now + 600 * S, keys + 5);
+    uint64_t n1 = rl_shm_key(t, RL_ACCOUNT, "victim"), newer[2];
+    fill_bucket_of(t, "new", n1, now, 2, 3, now + 3600 * S, newer);
+    rl_shm_update(t, keys[4], now, getpid(), probe_fn, &p);
+    assert_false(p.found); /* the GCRA entry went first */
+    rl_shm_update(t, keys[5], now, getpid(), probe_fn, &p);
+    assert_false(p.found); /* then the low-count account */
+    for (int i = 0; i < 4; i++) {
+        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p);
+        assert_true(p.found); /* the locked accounts stay */
+    }
+    for (int i = 0; i < 2; i++) {
+        rl_shm_update(t, newer[i], now, getpid(), probe_fn, &p);
+        assert_true(p.found);
+    }
+    rl_shm_stats(t, &ev, &refused);
+    assert_int_equal(ev, 2);
+    assert_int_equal(refused, 0);
+    rl_shm_destroy(t);
+}
+
+static void test_client_key(void **state)
+{
+    char out[64];
+
+    rl_client_key(64, "2001:db8:1:2:aaaa:bbbb:cccc:dddd", out, sizeof(out));
+    assert_string_equal(out, "2001:db8:1:2::/64");
+    rl_client_key(64, "2001:db8:1:2::1", out, sizeof(out));
+    assert_string_equal(out, "2001:db8:1:2::/64");
+    rl_client_key(48, "2001:db8:1:2::1", out, sizeof(out));
+    assert_string_equal(out, "2001:db8:1::/48");
+    rl_client_key(56, "2001:db8:1:2ff::1", out, sizeof(out));
+    assert_string_equal(out, "2001:db8:1:200::/56");
+    rl_client_key(128, "2001:db8::7", out, sizeof(out));
+    assert_string_equal(out, "2001:db8::7");
+    rl_client_key(64, "192.0.2.7", out, sizeof(out));
+    assert_string_equal(out, "192.0.2.7");
+    rl_client_key(64, "::ffff:192.0.2.7", out, sizeof(out));
+    assert_string_equal(out, "192.0.2.7");
+    rl_client_key(64, "junk", out, sizeof(out));
+    assert_string_equal(out, "junk");
+}
+
+static void test_client_ip_mapped(void **state)
+{
+    struct config_cidr p[1];
+    char out[64];
+
+    assert_int_equal(config_parse_cidr("10.0.0.0/8", &p[0]), 0);
+    /* A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: still a trusted proxy. */
+    rl_client_ip(p, 1, "::ffff:10.1.2.3", "203.0.113.9", out, sizeof(out));
+    assert_string_equal(out, "203.0.113.9");
+    rl_client_ip(p, 1, "::ffff:198.51.100.7", "203.0.113.9", out, sizeof(out));
+    assert_string_equal(out, "198.51.100.7");
+    rl_client_ip(p, 1, "10.1.2.3", "::ffff:203.0.113.9, ::ffff:10.0.0.1", out, sizeof(out));
+    assert_string_equal(out, "203.0.113.9");
+    /* Two X-Forwarded-For lines combined: the forged left values are never reached. */
+    rl_client_ip(p, 1, "10.1.2.3", "1.2.3.4, 5.6.7.8, 203.0.113.9", out, sizeof(out));
+    assert_string_equal(out, "203.0.113.9");
+}
+
+static int account_done_failures;
+static void account_done(void *arg, const struct rl_check *c)
+{
+    account_done_failures = c->denied >= 0 ? -1 : c->item[0].r.failures;
+}
+
+/* An attempt that was no guess (store down, overloaded) gives its failure back; a success
+ * forgets them all. The limiter on the shm table alone (defaults: threshold 5). */
+static void test_account_refund(void **state)
+{
+    char *errors = NULL;
+    struct config *cfg = config_load(NULL, &errors);
+    char err[256], key[RL_KEY_MAX];
+    const enum rl_rule rule = RL_ACCOUNT;
+    const char *k = key;
+
+    if (cfg == NULL)
+        fail_msg("config_load: %s", errors ? errors : "?");
+    assert_int_equal(cfg->ratelimit.ipv6_prefix, 64);
+    assert_int_equal(ratelimit_shm_setup(cfg, err, sizeof(err)), 0);
+    struct health *h = health_create();
+    assert_non_null(h);
+    int slot = health_slot_claim(h, 1, 0);
+    struct ratelimit *rl = ratelimit_new(cfg, NULL, &h->slot[slot]);
+    assert_non_null(rl);
+    ratelimit_account_key("refund@example.com", key);
+    for (int i = 1; i <= 3; i++) {
+        ratelimit_check(rl, 1, &rule, &k, account_done, NULL);
+        assert_int_equal(account_done_failures, i);
+    }
+    ratelimit_account_refund(rl, key, 0); /* the third attempt hit a store error */
+    ratelimit_check(rl, 1, &rule, &k, account_done, NULL);
+    assert_int_equal(account_done_failures, 3);
+    ratelimit_account_refund(rl, key, 0);
+    ratelimit_account_refund(rl, key, 0);
+    ratelimit_account_refund(rl, key, 0);
+    ratelimit_account_refund(rl, key, 0); /* never below zero */
+    ratelimit_check(rl, 1, &rule, &k, account_done, NULL);
+    assert_int_equal(account_done_failures, 1);
+    ratelimit_account_success(rl, key);
+    ratelimit_check(rl, 1, &rule, &k, account_done, NULL);
+    assert_int_equal(account_done_failures, 1);
+    char ck[64];
+    ratelimit_client_key(rl, "2001:db8:9:8:7::1", ck, sizeof(ck));
+    assert_string_equal(ck, "2001:db8:9:8::/64");
+    ratelimit_free(rl);
+    ratelimit_shm_cleanup();
+    health_destroy(h);
+    config_free(cfg);
+    free(errors);
+}
+
+/* ratelimit.ipv6_prefix range and the cap on ratelimit.redis.prefix (Redis key buffers). */
+static struct config *load_text(const char *text, char **errors)
+{
+    char path[] = "/tmp/test_ratelimit_cfg.XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    struct config *cfg = config_load(path, errors);
+    unlink(path);
+    return cfg;
+}
+
+static void test_config_keys(void **state)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text("ratelimit = { ipv6_prefix = 56; };\n", &errors);
+
+    assert_non_null(cfg);
+    assert_int_equal(cfg->ratelimit.ipv6_prefix, 56);
+    config_free(cfg);
+    free(errors);
+    errors = NULL;
+    assert_null(load_text("ratelimit = { ipv6_prefix = 16; };\n", &errors));
+    assert_non_null(strstr(errors, "ratelimit.ipv6_prefix"));
+    free(errors);
+    errors = NULL;
+    char text[256], prefix[CONFIG_RL_PREFIX_MAX + 2];
+    memset(prefix, 'p', sizeof(prefix) - 2);
+    prefix[CONFIG_RL_PREFIX_MAX] = '\0';
+    snprintf(text, sizeof(text), "ratelimit = { redis = { prefix = \"%s\"; }; };\n", prefix);
+    cfg = load_text(text, &errors); /* exactly the maximum */
+    assert_non_null(cfg);
+    config_free(cfg);
+    free(errors);
+    errors = NULL;
+    prefix[CONFIG_RL_PREFIX_MAX] = 'p';
+    prefix[CONFIG_RL_PREFIX_MAX + 1] = '\0';
+    snprintf(text, sizeof(text), "ratelimit = { redis = { prefix = \"%s\"; }; };\n", prefix);
+    assert_null(load_text(text, &errors));
+    assert_non_null(strstr(errors, "ratelimit.redis.prefix is longer than 64 bytes"));
+    free(errors);
 }
 
 static void test_account_key(void **state)
@@ -318,6 +596,13 @@ int main(void)
         cmocka_unit_test(test_shm_across_fork),
         cmocka_unit_test(test_shm_bounded_eviction),
         cmocka_unit_test(test_shm_dead_lock_owner),
+        cmocka_unit_test(test_shm_zombie_lock_owner),
+        cmocka_unit_test(test_shm_lookup_does_not_evict),
+        cmocka_unit_test(test_shm_eviction_keeps_lockouts),
+        cmocka_unit_test(test_client_key),
+        cmocka_unit_test(test_client_ip_mapped),
+        cmocka_unit_test(test_account_refund),
+        cmocka_unit_test(test_config_keys),
         cmocka_unit_test(test_account_key),
         cmocka_unit_test(test_metrics),
     };
