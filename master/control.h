@@ -4,7 +4,8 @@
  * Protocol: the client sends one command line ("status", "status json", "reload", "stop",
  * "ping", "backup [/ABSOLUTE/DIR]"); the master writes its answer and closes. "backup" is
  * answered only when the backup child it forks has been reaped (the client waits; the master's
- * loop does not). An answer that starts with "error:" means the command failed. The socket is created with umask 077: only the master's user may steer it.
+ * loop does not). An answer that starts with "error:" means the command failed. The socket is
+ * created with umask 077: only the master's user may steer it.
  */
 #ifndef AUTHD_CONTROL_H
 #define AUTHD_CONTROL_H

@@ -54,6 +54,22 @@ struct listen_fd {
     int port;
 };
 
+/*
+ * What a reload replaced, kept until the new generation is ready: when the new generation
+ * cannot start, the master restores it and the old workers, which never stopped serving,
+ * go on as the current generation.
+ */
+struct prev_state {
+    int valid;
+    struct config *cfg;
+    SSL_CTX *ssl;
+    struct auth *auth;
+    struct listen_fd pub, admin; /* fd -1: the reload kept that listener */
+    struct position pos[CONFIG_MAX_WORKERS];
+    int npos;
+    unsigned generation;
+};
+
 /* The backup child: at most one at a time. */
 struct backup_job {
     pid_t pid;  /* 0: no backup running */
@@ -78,8 +94,10 @@ static struct {
     struct proc procs[HEALTH_SLOTS]; /* indexed by health slot */
     struct position pos[CONFIG_MAX_WORKERS];
     int npos;
-    unsigned generation;
-    int reload_waiting; /* new generation starting; old one not retired yet */
+    unsigned generation;      /* the current one */
+    unsigned last_generation; /* the highest ever started: numbers are never reused */
+    struct prev_state prev;   /* while reload_waiting */
+    int reload_waiting;       /* new generation starting; old one not retired yet */
     int reload_again;
     int stopping;
     int64_t stop_deadline;
@@ -252,12 +270,24 @@ static void describe_exit(int st, char *out, size_t n)
 
 static void begin_stop(int code);
 
+static void rollback_reload(const char *why);
+
 static void worker_died(const struct proc *p, int slot, int st)
 {
     char how[96];
     int64_t lived = now_ms() - p->started_ms;
 
     describe_exit(st, how, sizeof(how));
+    if (sup.reload_waiting && p->generation == sup.generation &&
+        ((WIFEXITED(st) && WEXITSTATUS(st) == WORKER_EXIT_FATAL) ||
+         lived < (int64_t)(sup.cfg->supervisor.crash_window * 1000))) {
+        /* A worker of a reload's new generation that cannot start: the old one still serves. */
+        char why[160];
+        snprintf(why, sizeof(why), "generation %u worker pid %d %s %.1fs after its start",
+                 p->generation, (int)p->pid, how, lived / 1e3);
+        rollback_reload(why);
+        return;
+    }
     if (WIFEXITED(st) && WEXITSTATUS(st) == WORKER_EXIT_FATAL) {
         log_error("worker pid %d %s: it cannot start; stopping", (int)p->pid, how);
         begin_stop(1);
@@ -496,7 +526,7 @@ static int generation_ready(void)
 
 static void start_generation(void)
 {
-    sup.generation++;
+    sup.generation = ++sup.last_generation;
     atomic_store(&sup.h->generation, sup.generation);
     sup.npos = config_worker_count(sup.cfg);
     atomic_store(&sup.h->workers_wanted, (unsigned)sup.npos);
@@ -579,21 +609,28 @@ static int reload(char *msg, size_t msglen)
     }
     sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
                (unsigned long long)now_ms() * 1000ULL);
+    /* Keep what this reload replaces until the new generation is ready (rollback_reload). */
+    sup.prev = (struct prev_state){.valid = 1,
+                                   .cfg = sup.cfg,
+                                   .ssl = sup.ssl,
+                                   .auth = sup.auth,
+                                   .pub = {.fd = -1},
+                                   .admin = {.fd = -1},
+                                   .npos = sup.npos,
+                                   .generation = sup.generation};
+    memcpy(sup.prev.pos, sup.pos, sizeof(sup.pos));
     if (np.fd >= 0) {
-        listen_close(&sup.pub);
+        sup.prev.pub = sup.pub;
         sup.pub = np;
     }
     if (na.fd >= 0) {
-        listen_close(&sup.admin);
+        sup.prev.admin = sup.admin;
         sup.admin = na;
     }
     if (strcmp(nc->pid_file, sup.pid_path) || strcmp(nc->control_socket, sup.ctl_path))
         log_warn("pid_file and control_socket changes take effect at the next start; "
                  "still using %s and %s",
                  sup.pid_path, sup.ctl_path);
-    config_free(sup.cfg);
-    SSL_CTX_free(sup.ssl);
-    auth_free(sup.auth);
     sup.cfg = nc;
     sup.ssl = nssl;
     sup.auth = nauth;
@@ -609,11 +646,84 @@ static int reload(char *msg, size_t msglen)
     return 0;
 }
 
+/* Frees what a reload replaced (it completed, or the master stops). */
+static void prev_free(void)
+{
+    if (!sup.prev.valid)
+        return;
+    config_free(sup.prev.cfg);
+    SSL_CTX_free(sup.prev.ssl);
+    auth_free(sup.prev.auth);
+    listen_close(&sup.prev.pub);
+    listen_close(&sup.prev.admin);
+    sup.prev.valid = 0;
+}
+
+/*
+ * A reload's new generation cannot start (a worker exited with the fatal status or crashed
+ * within supervisor.crash_window): retire it and go back to the configuration, listeners and
+ * workers it was meant to replace, which never stopped serving. Old workers that died during
+ * the attempt are respawned on the old configuration.
+ */
+static void rollback_reload(const char *why)
+{
+    unsigned failed = sup.generation;
+
+    log_error("reload failed: %s; rolling back to generation %u and its configuration", why,
+              sup.prev.generation);
+    atomic_fetch_add(&sup.h->reload_failures_total, 1);
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct proc *p = &sup.procs[i];
+        if (p->pid == 0 || p->generation != failed || p->retiring)
+            continue;
+        kill(p->pid, SIGTERM);
+        p->retiring = 1;
+        p->term_ms = now_ms();
+        p->position = -1;
+    }
+    config_free(sup.cfg);
+    SSL_CTX_free(sup.ssl);
+    auth_free(sup.auth);
+    sup.cfg = sup.prev.cfg;
+    sup.ssl = sup.prev.ssl;
+    sup.auth = sup.prev.auth;
+    if (sup.prev.pub.fd >= 0) {
+        listen_close(&sup.pub);
+        sup.pub = sup.prev.pub;
+    }
+    if (sup.prev.admin.fd >= 0) {
+        listen_close(&sup.admin);
+        sup.admin = sup.prev.admin;
+    }
+    sup.prev.valid = 0;
+    sup.generation = sup.prev.generation;
+    sup.npos = sup.prev.npos;
+    memcpy(sup.pos, sup.prev.pos, sizeof(sup.pos));
+    atomic_store(&sup.h->generation, sup.generation);
+    atomic_store(&sup.h->workers_wanted, (unsigned)sup.npos);
+    for (int i = 0; i < sup.npos; i++) {
+        struct position *ps = &sup.pos[i];
+        struct proc *p = ps->slot >= 0 ? &sup.procs[ps->slot] : NULL;
+        if (p != NULL && p->pid != 0 && p->generation == sup.generation && !p->retiring) {
+            p->position = i;
+        } else {
+            ps->slot = -1;
+            ps->spawn_at = now_ms();
+        }
+    }
+    apply_log_config(sup.cfg);
+    sup.reload_waiting = 0;
+    sup.reload_again = 0;
+    sd_notifyf(0, "READY=1\nSTATUS=serving, generation %u (reload to %u rolled back)",
+               sup.generation, failed);
+}
+
 static void finish_reload_if_ready(void)
 {
     if (!sup.reload_waiting || !generation_ready())
         return;
     signal_workers(SIGTERM, 1);
+    prev_free();
     sup.reload_waiting = 0;
     sd_notifyf(0, "READY=1\nSTATUS=serving, generation %u", sup.generation);
     log_info("reload complete: generation %u serving, older workers draining", sup.generation);
@@ -855,6 +965,7 @@ out:
             close(sup.sigpipe[i]);
     health_destroy(sup.h);
     ratelimit_shm_cleanup();
+    prev_free();
     SSL_CTX_free(sup.ssl);
     auth_free(sup.auth);
     config_free(sup.cfg);
