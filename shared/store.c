@@ -54,3 +54,24 @@ int store_uuid(char out[STORE_ID_LEN + 1])
     out[j] = '\0';
     return 0;
 }
+
+int store_session_active(int revoked, const struct store_session *s, int64_t now)
+{
+    return !revoked && now < s->idle_expires_at && now < s->expires_at;
+}
+
+int64_t store_idle_deadline(int64_t now, int64_t idle_ttl, int64_t expires_at)
+{
+    if (idle_ttl < 0)
+        idle_ttl = 0;
+    return idle_ttl >= expires_at - now ? expires_at : now + idle_ttl;
+}
+
+size_t store_utf8_cut(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
+        max--;
+    return max;
+}

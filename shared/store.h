@@ -156,4 +156,15 @@ const struct store_driver *store_driver_find(const char *name);
 /* Fills `out` with a new random (v4) UUID from the OpenSSL CSPRNG. 0 or -1. */
 int store_uuid(char out[STORE_ID_LEN + 1]);
 
+/* ---- rules every driver shares ---- */
+
+/* Whether a session can be used at `now`: not revoked and before both of its expiries. */
+int store_session_active(int revoked, const struct store_session *s, int64_t now);
+
+/* Idle expiry after a use at `now` (< expires_at): now + idle_ttl, capped at the absolute one. */
+int64_t store_idle_deadline(int64_t now, int64_t idle_ttl, int64_t expires_at);
+
+/* The longest prefix of s[0..len) of at most `max` bytes that does not split a UTF-8 sequence. */
+size_t store_utf8_cut(const char *s, size_t len, size_t max);
+
 #endif

@@ -317,27 +317,6 @@ static void conn_end(struct conn *k)
 
 /* ---- pure helpers ---- */
 
-static int session_active(int revoked, const struct store_session *s, int64_t now)
-{
-    return !revoked && now < s->idle_expires_at && now < s->expires_at;
-}
-
-static int64_t idle_deadline(int64_t now, int64_t idle_ttl, int64_t expires_at)
-{
-    if (idle_ttl < 0)
-        idle_ttl = 0;
-    return idle_ttl >= expires_at - now ? expires_at : now + idle_ttl;
-}
-
-static size_t utf8_cut(const char *s, size_t len, size_t max)
-{
-    if (len <= max)
-        return len;
-    while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
-        max--;
-    return max;
-}
-
 /* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one. */
 static size_t utf8_seq(const unsigned char *s, size_t n)
 {
@@ -376,7 +355,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
  */
 static const char *clean_text(const char *v, size_t max, char *buf)
 {
-    size_t n = utf8_cut(v, strnlen(v, max + 1), max), i = 0;
+    size_t n = store_utf8_cut(v, strnlen(v, max + 1), max), i = 0;
 
     while (i < n) {
         size_t len = utf8_seq((const unsigned char *)v + i, n - i);
@@ -433,7 +412,7 @@ static void doc_text(const bson_t *d, const char *key, char *dst, size_t size)
     if (bson_iter_init_find(&it, d, key) && BSON_ITER_HOLDS_UTF8(&it))
         t = bson_iter_utf8(&it, &len);
     if (t != NULL)
-        n = utf8_cut(t, len, size - 1);
+        n = store_utf8_cut(t, len, size - 1);
     if (n > 0)
         memcpy(dst, t, n);
     dst[n] = '\0';
@@ -1062,14 +1041,14 @@ static enum attempt rotate_once(struct conn *k, const char *old_hex, const char 
     if (rc != 1)
         goto out;
     revoked = doc_session(&sess, out);
-    if (!session_active(revoked, out, now)) {
+    if (!store_session_active(revoked, out, now)) {
         int ok = revoked || mark_revoked(k, out->id, now, "expired") == 0;
         *ret = ok ? STORE_EXPIRED : STORE_ERROR;
         goto out;
     }
     if (remember_rotated(k, old_hex, &sess, now) < 0)
         goto out;
-    int64_t idle = idle_deadline(now, idle_ttl, out->expires_at);
+    int64_t idle = store_idle_deadline(now, idle_ttl, out->expires_at);
     bson_t *filter =
         BCON_NEW("id", BCON_UTF8(out->id), "token", BCON_UTF8(old_hex), "revoked_at", BCON_NULL);
     bson_t *upd =
@@ -1134,7 +1113,7 @@ static enum store_status mongo_session_get(struct store *st, const char *session
     ret = rc < 0 ? STORE_ERROR : STORE_NOT_FOUND;
     if (rc == 1) {
         int revoked = doc_session(&doc, &s);
-        ret = session_active(revoked, &s, now) ? STORE_OK : STORE_EXPIRED;
+        ret = store_session_active(revoked, &s, now) ? STORE_OK : STORE_EXPIRED;
         if (ret == STORE_OK)
             *out = s;
     }
@@ -1160,7 +1139,7 @@ static enum store_status mongo_session_revoke_token(struct store *st, const uint
     rc = session_by_token(&k, hex, &doc);
     if (rc < 0)
         ret = STORE_ERROR;
-    if (rc == 1 && session_active(doc_session(&doc, &s), &s, now)) {
+    if (rc == 1 && store_session_active(doc_session(&doc, &s), &s, now)) {
         bson_t *filter =
             BCON_NEW("id", BCON_UTF8(s.id), "token", BCON_UTF8(hex), "revoked_at", BCON_NULL);
         bson_t *upd =

@@ -165,30 +165,6 @@ struct store {
 
 /* ---- pure helpers ---- */
 
-/* Whether a session can be used at `now`: not revoked and before both of its expiries. */
-static int session_active(int revoked, const struct store_session *s, int64_t now)
-{
-    return !revoked && now < s->idle_expires_at && now < s->expires_at;
-}
-
-/* Idle expiry after a use at `now` (< expires_at): now + idle_ttl, capped at the absolute one. */
-static int64_t idle_deadline(int64_t now, int64_t idle_ttl, int64_t expires_at)
-{
-    if (idle_ttl < 0)
-        idle_ttl = 0;
-    return idle_ttl >= expires_at - now ? expires_at : now + idle_ttl;
-}
-
-/* The longest prefix of s[0..len) of at most `max` bytes that does not split a UTF-8 sequence. */
-static size_t utf8_cut(const char *s, size_t len, size_t max)
-{
-    if (len <= max)
-        return len;
-    while (max > 0 && ((unsigned char)s[max] & 0xc0) == 0x80)
-        max--;
-    return max;
-}
-
 /* ---- statements ---- */
 
 static void log_step(struct store *st, enum stmt s)
@@ -210,7 +186,7 @@ static int bind_text(struct store *st, enum stmt s, int i, const char *v, size_t
 {
     if (v == NULL)
         return bind_check(s, sqlite3_bind_null(st->stmt[s], i));
-    size_t n = utf8_cut(v, strnlen(v, max + 1), max);
+    size_t n = store_utf8_cut(v, strnlen(v, max + 1), max);
     return bind_check(s, sqlite3_bind_text(st->stmt[s], i, v, (int)n, SQLITE_STATIC));
 }
 
@@ -272,7 +248,7 @@ static int tx_commit(struct store *st)
 static void col_text(sqlite3_stmt *q, int col, char *dst, size_t size)
 {
     const char *t = (const char *)sqlite3_column_text(q, col);
-    size_t n = t != NULL ? utf8_cut(t, (size_t)sqlite3_column_bytes(q, col), size - 1) : 0;
+    size_t n = t != NULL ? store_utf8_cut(t, (size_t)sqlite3_column_bytes(q, col), size - 1) : 0;
 
     if (n > 0)
         memcpy(dst, t, n);
@@ -748,12 +724,12 @@ static enum store_status sqlite_session_rotate(struct store *st, const uint8_t o
     }
     if (rotated) {
         ret = session_mark_revoked(st, s.id, now, "reuse") < 0 ? STORE_ERROR : STORE_REUSED;
-    } else if (!session_active(revoked, &s, now)) {
+    } else if (!store_session_active(revoked, &s, now)) {
         int ok = revoked || session_mark_revoked(st, s.id, now, "expired") == 0;
         ret = ok ? STORE_EXPIRED : STORE_ERROR;
     } else {
         s.last_used_at = now;
-        s.idle_expires_at = idle_deadline(now, idle_ttl, s.expires_at);
+        s.idle_expires_at = store_idle_deadline(now, idle_ttl, s.expires_at);
         ret = token_advance(st, old_hash, new_hash, &s, now) < 0 ? STORE_ERROR : STORE_OK;
     }
     if (ret == STORE_ERROR)
@@ -777,7 +753,7 @@ static enum store_status sqlite_session_get(struct store *st, const char *sessio
     rc = step(st, S_SESSION_GET, 0);
     if (rc == SQLITE_ROW) {
         int revoked = row_session(st->stmt[S_SESSION_GET], 0, &s);
-        ret = session_active(revoked, &s, now) ? STORE_OK : STORE_EXPIRED;
+        ret = store_session_active(revoked, &s, now) ? STORE_OK : STORE_EXPIRED;
         if (ret == STORE_OK)
             *out = s;
     } else if (rc == SQLITE_DONE) {
@@ -798,7 +774,7 @@ static enum store_status sqlite_session_revoke_token(struct store *st, const uin
     if (run(st, S_BEGIN) < 0)
         return STORE_ERROR;
     ret = token_lookup(st, token_hash, &s, &rotated, &revoked);
-    if (ret == STORE_OK && (rotated || !session_active(revoked, &s, now)))
+    if (ret == STORE_OK && (rotated || !store_session_active(revoked, &s, now)))
         ret = STORE_NOT_FOUND;
     if (ret == STORE_OK && session_mark_revoked(st, s.id, now, "logout") < 0)
         ret = STORE_ERROR;
