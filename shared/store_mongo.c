@@ -525,6 +525,23 @@ static int update(struct conn *k, enum coll c, const bson_t *filter, const bson_
     return ok ? 0 : -1;
 }
 
+/* One update on its own connection; takes `filter` and `upd`. OK when a document matched. */
+static enum store_status update_one(struct store *st, enum coll c, bson_t *filter, bson_t *upd,
+                                    const char *what)
+{
+    struct upd_result r;
+    struct conn k;
+
+    conn_begin(&k, st);
+    int rc = update(&k, c, filter, upd, 0, 0, what, &r);
+    conn_end(&k);
+    bson_destroy(upd);
+    bson_destroy(filter);
+    if (rc < 0)
+        return STORE_ERROR;
+    return r.matched > 0 ? STORE_OK : STORE_NOT_FOUND;
+}
+
 static int insert(struct conn *k, enum coll c, const bson_t *doc, const char *what, int *dup_r)
 {
     bson_error_t e;
@@ -850,10 +867,6 @@ static enum store_status mongo_user_by_id(struct store *st, const char *id, stru
 static enum store_status mongo_user_set_password(struct store *st, const char *user_id,
                                                  const char *hash, int64_t now)
 {
-    struct upd_result r;
-    struct conn k;
-    int rc;
-
     if (hash == NULL || strlen(hash) >= STORE_HASH_MAX) {
         log_error("user_set_password: hash missing or too long");
         return STORE_ERROR;
@@ -861,14 +874,7 @@ static enum store_status mongo_user_set_password(struct store *st, const char *u
     bson_t *filter = BCON_NEW("id", BCON_UTF8(user_id));
     bson_t *upd =
         BCON_NEW("$set", "{", "password_hash", BCON_UTF8(hash), "updated_at", BCON_INT64(now), "}");
-    conn_begin(&k, st);
-    rc = update(&k, C_USERS, filter, upd, 0, 0, "user_set_password", &r);
-    conn_end(&k);
-    bson_destroy(upd);
-    bson_destroy(filter);
-    if (rc < 0)
-        return STORE_ERROR;
-    return r.matched > 0 ? STORE_OK : STORE_NOT_FOUND;
+    return update_one(st, C_USERS, filter, upd, "user_set_password");
 }
 
 /* ---- sessions ---- */
@@ -1174,19 +1180,9 @@ static enum store_status mongo_session_revoke(struct store *st, const char *user
                                               const char *session_id, int64_t now)
 {
     bson_t *filter = active_filter(user_id, now), *upd = revoke_update(now);
-    struct upd_result r;
-    struct conn k;
-    int rc;
 
     BSON_APPEND_UTF8(filter, "id", session_id);
-    conn_begin(&k, st);
-    rc = update(&k, C_SESSIONS, filter, upd, 0, 0, "session_revoke", &r);
-    conn_end(&k);
-    bson_destroy(upd);
-    bson_destroy(filter);
-    if (rc < 0)
-        return STORE_ERROR;
-    return r.matched > 0 ? STORE_OK : STORE_NOT_FOUND;
+    return update_one(st, C_SESSIONS, filter, upd, "session_revoke");
 }
 
 static enum store_status mongo_session_revoke_others(struct store *st, const char *user_id,
