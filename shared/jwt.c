@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,9 +358,64 @@ out:
     return ret;
 }
 
+/* ---- low-S (signature malleability) ---- */
+
+/*
+ * ECDSA signatures are malleable: (r, s) and (r, n - s) both verify. Tokens are signed with
+ * s <= n/2 and a signature with s > n/2 is refused, so one set of claims has one token text.
+ * The P-256 order n comes from OpenSSL's curve, read once.
+ */
+static pthread_once_t order_once = PTHREAD_ONCE_INIT;
+static BIGNUM *p256_order;                 /* NULL if the curve could not be read */
+static unsigned char p256_half[COORD_LEN]; /* floor(n / 2), big-endian */
+
+static void order_init(void)
+{
+    EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    BIGNUM *n = g != NULL ? BN_dup(EC_GROUP_get0_order(g)) : NULL, *half = BN_new();
+
+    if (n != NULL && half != NULL && BN_rshift1(half, n) == 1 &&
+        BN_bn2binpad(half, p256_half, COORD_LEN) == COORD_LEN) {
+        p256_order = n;
+        n = NULL;
+    }
+    BN_free(half);
+    BN_free(n);
+    EC_GROUP_free(g);
+    ERR_clear_error();
+}
+
+/* 1 when the big-endian `s` is at most n/2; 0 when it is high or the order is unknown. */
+static int s_is_low(const unsigned char s[COORD_LEN])
+{
+    pthread_once(&order_once, order_init);
+    return p256_order != NULL && memcmp(s, p256_half, COORD_LEN) <= 0;
+}
+
+/* Writes s, or n - s when s is high, as 32 big-endian bytes. 0 or -1. */
+static int s_low_bytes(const BIGNUM *s, unsigned char out[COORD_LEN])
+{
+    BIGNUM *t;
+    int ok;
+
+    if (BN_bn2binpad(s, out, COORD_LEN) != COORD_LEN)
+        return -1;
+    if (s_is_low(out))
+        return 0;
+    if (p256_order == NULL || (t = BN_new()) == NULL)
+        return -1;
+    ok = BN_sub(t, p256_order, s) == 1 && BN_bn2binpad(t, out, COORD_LEN) == COORD_LEN &&
+         s_is_low(out);
+    BN_free(t);
+    return ok ? 0 : -1;
+}
+
 /* ---- signing ---- */
 
-/* ES256 over `tbs`; the DER ECDSA-Sig-Value becomes JOSE's raw r||s (RFC 7518 §3.4). */
+/*
+ * ES256 over `tbs`; the DER ECDSA-Sig-Value becomes JOSE's raw r||s (RFC 7518 §3.4), with s
+ * normalized to the low half.
+ */
 static int es256_sign(EVP_PKEY *pkey, const char *tbs, unsigned char raw[SIG_LEN])
 {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -376,8 +432,7 @@ static int es256_sign(EVP_PKEY *pkey, const char *tbs, unsigned char raw[SIG_LEN
          (sig = d2i_ECDSA_SIG(NULL, &p, (long)derlen)) != NULL;
     if (ok) {
         ECDSA_SIG_get0(sig, &r, &s);
-        ok = BN_bn2binpad(r, raw, COORD_LEN) == COORD_LEN &&
-             BN_bn2binpad(s, raw + COORD_LEN, COORD_LEN) == COORD_LEN;
+        ok = BN_bn2binpad(r, raw, COORD_LEN) == COORD_LEN && s_low_bytes(s, raw + COORD_LEN) == 0;
     }
     ECDSA_SIG_free(sig);
     EVP_MD_CTX_free(ctx);
@@ -434,7 +489,7 @@ char *jwt_sign(const struct jwt_keyring *kr, const struct jwt_access *a)
     unsigned char raw[SIG_LEN];
 
     if (kr == NULL || kr->n < 1 || a == NULL || a->iss == NULL || a->aud == NULL ||
-        a->sub == NULL || a->ttl <= 0 || a->iat > INT64_MAX - a->ttl)
+        a->sub == NULL || a->sid == NULL || a->ttl <= 0 || a->iat > INT64_MAX - a->ttl)
         return NULL;
     k = &kr->keys[0];
     hdr = json_pack("{s:s, s:s, s:s}", "alg", "ES256", "typ", "at+jwt", "kid", k->kid);
@@ -548,8 +603,10 @@ static enum jwt_error check_signature(const struct jwt_key *k, const char *tbs, 
 
     if (jwt_b64url_decode(sig64, siglen, &raw, &rawlen) != 0)
         return JWT_MALFORMED;
-    e = rawlen == SIG_LEN && es256_verify(k->pkey, tbs, tbslen, raw) == 0 ? JWT_OK
-                                                                          : JWT_BAD_SIGNATURE;
+    e = rawlen == SIG_LEN && s_is_low(raw + COORD_LEN) &&
+                es256_verify(k->pkey, tbs, tbslen, raw) == 0
+            ? JWT_OK
+            : JWT_BAD_SIGNATURE;
     free(raw);
     return e;
 }
@@ -604,9 +661,10 @@ static enum jwt_error check_claims(const json_t *c, const char *iss, const char 
     int64_t nbf_v;
 
     if (!json_is_integer(exp) || !json_is_integer(iat) ||
-        !json_is_string(json_object_get(c, "sub")) || !json_is_string(json_object_get(c, "jti")))
+        !json_is_string(json_object_get(c, "sub")) || !json_is_string(json_object_get(c, "jti")) ||
+        !json_is_string(sid))
         return JWT_MISSING_CLAIM;
-    if ((nbf != NULL && !json_is_integer(nbf)) || (sid != NULL && !json_is_string(sid)))
+    if (nbf != NULL && !json_is_integer(nbf))
         return JWT_MALFORMED;
     if (iss == NULL || tiss == NULL || strcmp(iss, tiss) != 0)
         return JWT_BAD_ISSUER;
@@ -661,6 +719,11 @@ enum jwt_error jwt_verify(const struct jwt_keyring *kr, const char *token, const
     else
         json_decref(claims);
     return e;
+}
+
+int64_t jwt_valid_until(const json_t *claims, int leeway)
+{
+    return sat_add(json_integer_value(json_object_get(claims, "exp")), leeway < 0 ? 0 : leeway);
 }
 
 const char *jwt_error_string(enum jwt_error e)

@@ -7,7 +7,9 @@
  * thumbprint (base64url SHA-256), stable across restarts and hosts. Verification is strict
  * (RFC 8725): the algorithm is pinned to ES256 whatever the header says, the kid must be in
  * the ring, typ must be "at+jwt", duplicate JSON members are rejected, iss/aud/exp/nbf/iat are
- * checked with a leeway. base64url and JSON go through OpenSSL and jansson, never by hand.
+ * checked with a leeway; sid is required; signatures are low-S only (s <= n/2), so a token
+ * cannot be re-encoded with (r, n - s). base64url and JSON go through OpenSSL and jansson, never by
+ * hand.
  */
 #ifndef AUTHD_JWT_H
 #define AUTHD_JWT_H
@@ -32,7 +34,7 @@ int jwt_key_generate(const char *path, char *err, size_t errlen);
 
 struct jwt_access {
     const char *iss, *aud, *sub;
-    const char *sid;       /* session (refresh-token family) id, as claim "sid"; may be NULL */
+    const char *sid;       /* session (refresh-token family) id, as claim "sid"; required */
     int64_t iat;           /* seconds since the epoch; nbf = iat */
     int ttl;               /* exp = iat + ttl */
     const char *jti;       /* unique id; NULL: 128 random bits, hex */
@@ -53,7 +55,7 @@ enum jwt_error {
     JWT_NOT_YET_VALID, /* now < nbf - leeway, or iat in the future beyond leeway */
     JWT_BAD_ISSUER,    /* iss differs */
     JWT_BAD_AUDIENCE,  /* aud (string or array) does not hold ours */
-    JWT_MISSING_CLAIM, /* sub, exp, iat, jti absent or of the wrong type */
+    JWT_MISSING_CLAIM, /* sub, sid, exp, iat, jti absent or of the wrong type */
 };
 
 /*
@@ -63,6 +65,8 @@ enum jwt_error {
 enum jwt_error jwt_verify(const struct jwt_keyring *kr, const char *token, const char *iss,
                           const char *aud, int64_t now, int leeway, json_t **claims_r);
 const char *jwt_error_string(enum jwt_error e);
+/* exp + leeway of verified claims, saturated at INT64_MAX (exp may be any integer). */
+int64_t jwt_valid_until(const json_t *claims, int leeway);
 
 /* base64url without padding (OpenSSL EVP_EncodeBlock underneath). Malloc'd; NULL on failure. */
 char *jwt_b64url_encode(const unsigned char *data, size_t len);

@@ -55,6 +55,16 @@ int store_uuid(char out[STORE_ID_LEN + 1])
     return 0;
 }
 
+int store_uuid_valid(const char *s)
+{
+    for (int i = 0; i < STORE_ID_LEN; i++) {
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    }
+    return s[STORE_ID_LEN] == '\0';
+}
+
 int store_session_active(int revoked, const struct store_session *s, int64_t now)
 {
     return !revoked && now < s->idle_expires_at && now < s->expires_at;

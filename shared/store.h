@@ -155,6 +155,9 @@ const struct store_driver *store_driver_find(const char *name);
 
 /* Fills `out` with a new random (v4) UUID from the OpenSSL CSPRNG. 0 or -1. */
 int store_uuid(char out[STORE_ID_LEN + 1]);
+/* 1 when `s` has the shape store_uuid makes (36 characters, lower-case hex, dashes at 8/13/18/23).
+ */
+int store_uuid_valid(const char *s);
 
 /* ---- rules every driver shares ---- */
 

@@ -360,11 +360,12 @@ static void work_logout(struct job *j, struct store *st)
         j->status = 204; /* RFC 7009: an unknown token is not an error */
 }
 
-/* The session named in a verified access token must still be active. */
+/* The session named in a verified access token must still be active; a token without a
+ * well-formed sid names none, so it is never active. */
 static int session_active(struct job *j, struct store *st)
 {
-    if (j->session_id[0] == '\0')
-        return 1;
+    if (!store_uuid_valid(j->session_id))
+        return 0;
     enum store_status r = auth_of(j)->store->session_get(st, j->session_id, j->now, &j->session);
     if (r == STORE_ERROR) {
         store_failed(j);
@@ -816,8 +817,7 @@ static enum jwt_error verify_token(struct worker *w, const char *token, json_t *
     if (e == JWT_OK) {
         json_decref(token_cache[idx].claims);
         memcpy(token_cache[idx].key, key, sizeof(key));
-        token_cache[idx].valid_until =
-            json_integer_value(json_object_get(*claims_r, "exp")) + w->cfg->tokens.leeway;
+        token_cache[idx].valid_until = jwt_valid_until(*claims_r, w->cfg->tokens.leeway);
         token_cache[idx].claims = json_incref(*claims_r);
     }
     return e;

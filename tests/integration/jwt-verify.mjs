@@ -20,6 +20,9 @@
 //       (HEADER_JSON and PAYLOAD_JSON are texts base64url-encoded verbatim: duplicate members
 //       stay), es256-der (the same with a DER signature instead of JOSE's r||s), es256-b64
 //       (HEADER_JSON and PAYLOAD_JSON are already-encoded segments, used verbatim).
+//       ES256 signatures come out low-S (s <= n/2, as authd signs and requires); es256-high-s
+//       is an es256 token whose s is replaced by n - s (ECDSA malleability: it still verifies
+//       mathematically, and authd must refuse it).
 //
 // HTTPS: pass the server's certificate with NODE_EXTRA_CA_CERTS.
 import { createPrivateKey, createPublicKey, sign as cryptoSign } from 'node:crypto';
@@ -43,7 +46,7 @@ function out(obj, code) {
 function usage() {
     process.stderr.write(
         'usage: jwt-verify.mjs verify JWKS_URL ISSUER AUDIENCE TOKEN | kids JWKS_URL |\n' +
-            '       sign es256|es256-foreign|hs256|none|es256-raw|es256-der|es256-b64 KEY_PEM HEADER PAYLOAD\n',
+            '       sign es256|es256-high-s|es256-foreign|hs256|none|es256-raw|es256-der|es256-b64 KEY_PEM HEADER PAYLOAD\n',
     );
     process.exit(2);
 }
@@ -100,6 +103,21 @@ async function kids([jwksUrl]) {
     out(keys, 0);
 }
 
+// The P-256 group order (FIPS 186-4 D.1.2.3).
+const P256_N = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+
+// Rewrites the r||s signature of a compact ES256 token with s in the low half, or the high
+// half when `high`.
+function withS(token, high) {
+    const dot = token.lastIndexOf('.');
+    const sig = Buffer.from(base64url.decode(token.slice(dot + 1)));
+    if (sig.length !== 64) return token;
+    let s = BigInt('0x' + sig.subarray(32).toString('hex'));
+    if (s > P256_N / 2n !== high) s = P256_N - s;
+    Buffer.from(s.toString(16).padStart(64, '0'), 'hex').copy(sig, 32);
+    return `${token.slice(0, dot)}.${base64url.encode(sig)}`;
+}
+
 function signRaw(kind, keyPem, header, payload) {
     const enc = (t) => (kind === 'es256-b64' ? t : base64url.encode(t));
     const input = `${enc(header)}.${enc(payload)}`;
@@ -107,7 +125,8 @@ function signRaw(kind, keyPem, header, payload) {
         key: createPrivateKey(readFileSync(keyPem, 'utf8')),
         dsaEncoding: kind === 'es256-der' ? 'der' : 'ieee-p1363',
     });
-    out({ token: `${input}.${base64url.encode(sig)}` }, 0);
+    const token = `${input}.${base64url.encode(sig)}`;
+    out({ token: kind === 'es256-der' ? token : withS(token, false) }, 0);
 }
 
 async function sign([kind, keyPem, headerJson, payloadJson]) {
@@ -121,6 +140,7 @@ async function sign([kind, keyPem, headerJson, payloadJson]) {
     let key;
     switch (kind) {
         case 'es256':
+        case 'es256-high-s':
             key = await importPKCS8(readFileSync(keyPem, 'utf8'), 'ES256');
             break;
         case 'es256-foreign':
@@ -141,7 +161,7 @@ async function sign([kind, keyPem, headerJson, payloadJson]) {
     }
     const alg = kind === 'hs256' ? 'HS256' : 'ES256';
     const token = await new SignJWT(payload).setProtectedHeader({ ...header, alg }).sign(key);
-    out({ token }, 0);
+    out({ token: alg === 'ES256' ? withS(token, kind === 'es256-high-s') : token }, 0);
 }
 
 const [mode, ...args] = process.argv.slice(2);

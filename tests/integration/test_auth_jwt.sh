@@ -250,6 +250,14 @@ neg "a string exp" es256 "$HDR" 'c["exp"] = str(c["exp"])'
 neg "a token issued an hour from now" es256 "$HDR" 'c["iat"] = now + 3600; c["exp"] = now + 7200'
 neg "a numeric sid" es256 "$HDR" 'c["sid"] = 5'
 neg "a numeric sub" es256 "$HDR" 'c["sub"] = 5'
+# Defence in depth (issue 11): every access token names a well-formed session, which is checked;
+# a high-S twin of a valid signature is refused; exp at the edge of int64 does not overflow.
+neg "a high-S signature (ECDSA malleability)" es256-high-s "$HDR" ""
+neg "a token without sid" es256 "$HDR" 'del c["sid"]'
+neg "an empty sid" es256 "$HDR" 'c["sid"] = ""'
+neg "a sid that is not a session id" es256 "$HDR" 'c["sid"] = "x" * 36'
+neg "an over-long sid" es256 "$HDR" 'c["sid"] = c["sid"] + "0"'
+neg "an upper-case sid" es256 "$HDR" 'c["sid"] = c["sid"].upper()'
 # pos WHAT KIND HEADER CLAIMS-PYTHON: the server accepts it.
 pos() {
     local t
@@ -279,6 +287,12 @@ raw_neg() { # WHAT TOKEN
 t=$(raw_token es256-raw "$HTXT" "$PTXT")
 me "$t"
 expect_eq "$CODE" 200 "server: /v1/me with a raw-signed token (control)"
+# exp at the int64 limit, byte-exact (jose would round it through a double): exp + leeway must
+# saturate, not overflow (UBSan aborted the worker here).
+me "$(raw_token es256-raw "$HTXT" "$(claims "$fresh; c['exp'] = 2**63 - 1")")"
+expect_eq "$CODE" 200 "server: /v1/me with exp = INT64_MAX ($BODY)"
+me "$(raw_token es256-raw "$HTXT" "$(claims "$fresh; c['exp'] = 2**63 - 1")")"
+expect_eq "$CODE" 200 "server: /v1/me with exp = INT64_MAX, again (from the verified-token cache)"
 raw_neg "a duplicate kid in the header" "$(raw_token es256-raw "{\"alg\":\"ES256\",\"typ\":\"at+jwt\",\"kid\":\"$OLD_KID\",\"kid\":\"$OLD_KID\"}" "$PTXT")"
 raw_neg "a duplicate alg in the header" "$(raw_token es256-raw "{\"alg\":\"none\",\"alg\":\"ES256\",\"typ\":\"at+jwt\",\"kid\":\"$OLD_KID\"}" "$PTXT")"
 raw_neg "a duplicate sub in the payload" "$(raw_token es256-raw "$HTXT" "${PTXT%\}},\"sub\":\"00000000-0000-4000-8000-000000000000\"}")"

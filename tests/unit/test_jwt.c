@@ -147,7 +147,48 @@ static char *join3(const char *a, const char *b, const char *c)
     return s;
 }
 
-enum sig_form { SIG_RAW, SIG_DER, SIG_EMPTY, SIG_63, SIG_65, SIG_ZERO };
+enum sig_form { SIG_RAW, SIG_DER, SIG_EMPTY, SIG_63, SIG_65, SIG_ZERO, SIG_HIGH_S };
+
+/* The P-256 group order n, from OpenSSL's named curve (independent of jwt.c's copy). */
+static BIGNUM *p256_n(void)
+{
+    EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    BIGNUM *n;
+
+    assert_non_null(g);
+    n = BN_dup(EC_GROUP_get0_order(g));
+    assert_non_null(n);
+    EC_GROUP_free(g);
+    return n;
+}
+
+/* 1 when the 32-byte big-endian s is above n/2. */
+static int s_is_high(const unsigned char s32[32])
+{
+    BIGNUM *n = p256_n(), *s = BN_bin2bn(s32, 32, NULL), *twice = BN_new();
+    int high;
+
+    assert_non_null(s);
+    assert_non_null(twice);
+    assert_int_equal(BN_lshift1(twice, s), 1);
+    high = BN_cmp(twice, n) > 0;
+    BN_free(twice);
+    BN_free(s);
+    BN_free(n);
+    return high;
+}
+
+/* s32 = n - s32 in place (the other signature that verifies: ECDSA malleability). */
+static void s_flip(unsigned char s32[32])
+{
+    BIGNUM *n = p256_n(), *s = BN_bin2bn(s32, 32, NULL);
+
+    assert_non_null(s);
+    assert_int_equal(BN_sub(s, n, s), 1);
+    assert_int_equal(BN_bn2binpad(s, s32, 32), 32);
+    BN_free(s);
+    BN_free(n);
+}
 
 /* ES256 over "b64(hdr).b64(payload)" with `key`; the signature in the given form. */
 static char *forge(const char *hdr, const char *payload, EVP_PKEY *key, enum sig_form form)
@@ -170,6 +211,9 @@ static char *forge(const char *hdr, const char *payload, EVP_PKEY *key, enum sig
     assert_int_equal(BN_bn2binpad(r, raw, 32), 32);
     assert_int_equal(BN_bn2binpad(sv, raw + 32, 32), 32);
     ECDSA_SIG_free(sig);
+    /* Valid tokens are low-S; SIG_HIGH_S is the same signature with s replaced by n - s. */
+    if (s_is_high(raw + 32) != (form == SIG_HIGH_S))
+        s_flip(raw + 32);
     if (form == SIG_DER)
         s = jwt_b64url_encode(der, derlen);
     else {
@@ -206,9 +250,9 @@ static char *header(const char *alg, const char *typ, const char *kid)
 
 static json_t *std_claims(void)
 {
-    json_t *c = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s}", "iss", ISS, "sub", "alice", "aud",
-                          AUD, "exp", (json_int_t)(NOW + 300), "iat", (json_int_t)NOW, "nbf",
-                          (json_int_t)NOW, "jti", "jti-1");
+    json_t *c = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "iss", ISS, "sub", "alice",
+                          "aud", AUD, "exp", (json_int_t)(NOW + 300), "iat", (json_int_t)NOW, "nbf",
+                          (json_int_t)NOW, "jti", "jti-1", "sid", "fam-1");
 
     assert_non_null(c);
     return c;
@@ -278,7 +322,8 @@ static void expect_hdr(const char *hdr_text, enum jwt_error want)
 
 static char *sign_std(const struct jwt_keyring *kr, int64_t iat, int ttl)
 {
-    struct jwt_access a = {.iss = ISS, .aud = AUD, .sub = "alice", .iat = iat, .ttl = ttl};
+    struct jwt_access a = {
+        .iss = ISS, .aud = AUD, .sub = "alice", .sid = "fam-1", .iat = iat, .ttl = ttl};
     char *tok = jwt_sign(kr, &a);
 
     assert_non_null(tok);
@@ -667,11 +712,12 @@ static void test_sign_verify(void **state)
     free(tok2);
     free(tok);
 
-    a.sid = NULL;
+    a.sid = NULL; /* every access token names its session */
+    assert_null(jwt_sign(w.ring, &a));
+    a.sid = "fam-2";
     a.jti = "fixed-jti";
     tok = jwt_sign(w.ring, &a);
     assert_int_equal(jwt_verify(w.ring, tok, ISS, AUD, NOW, 0, &c), JWT_OK);
-    assert_null(json_object_get(c, "sid"));
     assert_string_equal(json_string_value(json_object_get(c, "jti")), "fixed-jti");
     json_decref(c);
     free(tok);
@@ -679,7 +725,8 @@ static void test_sign_verify(void **state)
 
 static void test_sign_rejects(void **state)
 {
-    struct jwt_access a = {.iss = ISS, .aud = AUD, .sub = "alice", .iat = NOW, .ttl = 300};
+    struct jwt_access a = {
+        .iss = ISS, .aud = AUD, .sub = "alice", .sid = "fam-1", .iat = NOW, .ttl = 300};
     struct jwt_access b;
     char *big = malloc(9000), *tok;
 
@@ -690,6 +737,8 @@ static void test_sign_rejects(void **state)
     b = a, b.aud = NULL;
     assert_null(jwt_sign(w.ring, &b));
     b = a, b.sub = NULL;
+    assert_null(jwt_sign(w.ring, &b));
+    b = a, b.sid = NULL;
     assert_null(jwt_sign(w.ring, &b));
     b = a, b.ttl = 0;
     assert_null(jwt_sign(w.ring, &b));
@@ -963,6 +1012,38 @@ static void test_tampered_signature(void **state)
     free(tok);
 }
 
+/* ECDSA malleability: (r, n - s) verifies mathematically but is refused; jwt_sign is low-S. */
+static void test_low_s(void **state)
+{
+    json_t *c = std_claims();
+    char *payload = json_dumps(c, JSON_COMPACT), *hdr = header("ES256", "at+jwt", w.kid_a);
+    int high_seen = 0;
+
+    expect(forge(hdr, payload, w.key_a, SIG_HIGH_S), JWT_BAD_SIGNATURE);
+    expect(forge(hdr, payload, w.key_a, SIG_RAW), JWT_OK);
+    for (int i = 0; i < 64; i++) { /* about half of raw ECDSA signatures are high-S */
+        char *tok = sign_std(w.ring, NOW, 300), *dot2 = strrchr(tok, '.'), *s64, *twin;
+        size_t len;
+        unsigned char *sig = token_part(tok, 2, &len);
+
+        assert_int_equal(len, 64);
+        assert_false(s_is_high(sig + 32));
+        assert_int_equal(verify(tok), JWT_OK);
+        s_flip(sig + 32); /* the malleated twin of a token jwt_sign made */
+        high_seen += s_is_high(sig + 32);
+        s64 = jwt_b64url_encode(sig, 64);
+        assert_true(asprintf(&twin, "%.*s.%s", (int)(dot2 - tok), tok, s64) > 0);
+        expect(twin, JWT_BAD_SIGNATURE);
+        free(s64);
+        free(sig);
+        free(tok);
+    }
+    assert_int_equal(high_seen, 64);
+    json_decref(c);
+    free(payload);
+    free(hdr);
+}
+
 static void test_signature_forms(void **state)
 {
     json_t *c = std_claims();
@@ -1105,6 +1186,10 @@ static void test_expiry(void **state)
     tok = forge_claims(c);
     assert_int_equal(verify_at(tok, NOW, 60), JWT_OK);
     assert_int_equal(verify_at(tok, INT64_MAX, INT32_MAX), JWT_OK);
+    assert_int_equal(jwt_verify(w.ring, tok, ISS, AUD, NOW, 60, &c), JWT_OK);
+    assert_true(jwt_valid_until(c, 60) == INT64_MAX); /* exp + leeway saturates */
+    assert_true(jwt_valid_until(c, INT32_MAX) == INT64_MAX);
+    json_decref(c);
     free(tok);
     c = std_claims();
     json_object_set_new(c, "exp", json_integer(INT64_MIN));
@@ -1139,7 +1224,7 @@ static void test_not_yet_valid(void **state)
     free(tok);
     c = std_claims();
     json_object_set_new(c, "sid", json_integer(7));
-    expect_claims(c, JWT_MALFORMED);
+    expect_claims(c, JWT_MISSING_CLAIM);
     c = std_claims();
     json_object_set_new(c, "sid", json_string("fam-1"));
     expect_claims(c, JWT_OK);
@@ -1194,7 +1279,7 @@ static void test_issuer_audience(void **state)
 
 static void test_missing_claims(void **state)
 {
-    static const char *const required[] = {"exp", "iat", "sub", "jti"};
+    static const char *const required[] = {"exp", "iat", "sub", "jti", "sid"};
     json_t *c;
 
     for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
@@ -1248,7 +1333,7 @@ struct thread_arg {
 static void *hammer(void *p)
 {
     struct thread_arg *ta = p;
-    struct jwt_access a = {.iss = ISS, .aud = AUD, .sub = "t", .iat = NOW, .ttl = 60};
+    struct jwt_access a = {.iss = ISS, .aud = AUD, .sub = "t", .sid = "s", .iat = NOW, .ttl = 60};
 
     for (int i = 0; i < 100; i++) {
         char *tok = jwt_sign(w.ring2, &a);
@@ -1311,6 +1396,7 @@ int main(void)
         cmocka_unit_test(test_kid),
         cmocka_unit_test(test_foreign_key),
         cmocka_unit_test(test_tampered_payload),
+        cmocka_unit_test(test_low_s),
         cmocka_unit_test(test_tampered_signature),
         cmocka_unit_test(test_signature_forms),
         cmocka_unit_test(test_duplicates),
