@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "shared/log.h"
+#include "worker/http_framing.h"
 #include "worker/router.h"
 #include "worker/worker.h"
 
@@ -42,10 +43,17 @@ struct http_conn {
     int handshake_done;
     int started; /* the current request's first byte arrived: its deadline runs */
     int close_after;
-    int early_status; /* set by a parser callback that refused the request */
+    int early_status;          /* set by a parser callback that refused the request */
+    const char *early_msg;     /* its message for the client (static), or NULL for the default */
+    enum http_errno parse_err; /* the parser's own error, for the message */
     size_t head_bytes;
+    size_t trailer_bytes;
+    int head_done;       /* the header section is complete: headers may be read */
+    int want_continue;   /* send 100 Continue once the head's bytes have passed the checks */
+    uint64_t chunk_size; /* the chunk-size line the parser paused after */
+    struct http_framing framing;
 
-    /* request head, kept as NUL-separated strings in hbuf */
+    /* request head, kept as NUL-separated strings in hbuf; hbuf[hlen] is always NUL */
     char *hbuf;
     size_t hlen, hcap;
     enum last_cb last;
@@ -158,6 +166,7 @@ static int hbuf_append(struct http_conn *c, const char *p, size_t n)
     }
     memcpy(c->hbuf + c->hlen, p, n);
     c->hlen += n;
+    c->hbuf[c->hlen] = '\0'; /* room for it was checked above: a partial string is a string */
     return 0;
 }
 
@@ -183,10 +192,27 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return hbuf_append(c, at, len);
 }
 
+/*
+ * Trailer fields (after a chunked body) are never stored with the headers: they are counted
+ * against http.max_header_size and dropped (RFC 9110 section 6.5 lets a recipient discard them).
+ */
+static int trailer_bytes(struct http_conn *c, size_t len)
+{
+    c->trailer_bytes += len;
+    if (c->trailer_bytes > (size_t)c->w->cfg->http.max_header_size) {
+        c->early_status = 431;
+        c->early_msg = "The trailer section is larger than the server accepts.";
+        return -1;
+    }
+    return 0;
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
 
+    if (c->head_done)
+        return trailer_bytes(c, len);
     if (c->last != CB_FIELD) {
         if (c->last == CB_URL || c->last == CB_VALUE)
             if (hbuf_terminate(c) < 0)
@@ -205,6 +231,8 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
 
+    if (c->head_done)
+        return trailer_bytes(c, len);
     if (c->last != CB_VALUE) {
         if (hbuf_terminate(c) < 0)
             return -1;
@@ -220,6 +248,57 @@ static void send_continue(struct http_conn *c)
     evbuffer_add(bufferevent_get_output(c->bev), msg, sizeof(msg) - 1);
 }
 
+static int refuse(struct http_conn *c, int status, const char *msg)
+{
+    c->early_status = status;
+    c->early_msg = msg;
+    return -1;
+}
+
+/* "chunked", case-insensitive, with optional whitespace around it. */
+static int te_is_chunked(const char *v)
+{
+    size_t n;
+
+    v += strspn(v, " \t");
+    n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    return n == 7 && strncasecmp(v, "chunked", 7) == 0;
+}
+
+/*
+ * RFC 9112 rules that http-parser leaves to us: the version is 1.0 or 1.1; one Host (required
+ * on 1.1); Transfer-Encoding only on 1.1, once, and exactly "chunked" (http-parser would take
+ * "gzip, chunked" as chunked and "chunked" twice over two lines).
+ */
+static int head_check(struct http_conn *c, const http_parser *p)
+{
+    int hosts = 0, tes = 0;
+    const char *te = "";
+
+    if (p->http_major != 1 || p->http_minor > 1)
+        return refuse(c, 505, "Only HTTP/1.1 and HTTP/1.0 are served.");
+    for (int i = 0; i < c->nheaders; i++) {
+        const char *name = c->hbuf + c->headers[i].name;
+        if (strcasecmp(name, "host") == 0) {
+            hosts++;
+        } else if (strcasecmp(name, "transfer-encoding") == 0) {
+            tes++;
+            te = c->hbuf + c->headers[i].value;
+        }
+    }
+    if (hosts > 1)
+        return refuse(c, 400, "The request has more than one Host header.");
+    if (hosts == 0 && p->http_minor == 1)
+        return refuse(c, 400, "An HTTP/1.1 request must have a Host header.");
+    if (tes > 0 && p->http_minor == 0)
+        return refuse(c, 400, "Transfer-Encoding is not accepted on HTTP/1.0.");
+    if (tes > 1 || (tes == 1 && !te_is_chunked(te)))
+        return refuse(c, 400, "The only Transfer-Encoding accepted is a single \"chunked\".");
+    return 0;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct http_conn *c = p->data;
@@ -230,10 +309,9 @@ static int on_headers_complete(http_parser *p)
         c->early_status = 400;
         return -1;
     }
-    if (p->http_major != 1) {
-        c->early_status = 505;
+    c->head_done = 1;
+    if (head_check(c, p) < 0)
         return -1;
-    }
     c->state = C_BODY;
     c->req.method = p->method;
     c->req.method_name = http_method_str((enum http_method)p->method);
@@ -243,9 +321,20 @@ static int on_headers_complete(http_parser *p)
         c->early_status = 413;
         return -1;
     }
+    http_framing_body(&c->framing, (p->flags & F_CHUNKED) != 0);
     const char *expect = http_header(&c->req, "expect");
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && p->http_minor >= 1)
-        send_continue(c);
+        c->want_continue = 1;
+    return 0;
+}
+
+/* Pauses after each chunk-size line, so that the framing check learns where the data ends. */
+static int on_chunk_header(http_parser *p)
+{
+    struct http_conn *c = p->data;
+
+    c->chunk_size = p->content_length;
+    http_parser_pause(p, 1);
     return 0;
 }
 
@@ -280,6 +369,7 @@ static const http_parser_settings parser_settings = {
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
+    .on_chunk_header = on_chunk_header,
 };
 
 struct worker *http_worker(const struct http_request *req)
@@ -291,6 +381,8 @@ const char *http_header(const struct http_request *req, const char *name)
 {
     const struct http_conn *c = req->conn;
 
+    if (!c->head_done) /* an answer before the header section ended reads none of it */
+        return NULL;
     for (int i = 0; i < c->nheaders; i++)
         if (c->headers[i].value != 0 && strcasecmp(c->hbuf + c->headers[i].name, name) == 0)
             return c->hbuf + c->headers[i].value;
@@ -303,6 +395,8 @@ char *http_header_combined(const struct http_request *req, const char *name)
     size_t len = 0;
     int n = 0;
 
+    if (!c->head_done)
+        return NULL;
     for (int i = 0; i < c->nheaders; i++)
         if (c->headers[i].value != 0 && strcasecmp(c->hbuf + c->headers[i].name, name) == 0) {
             len += strlen(c->hbuf + c->headers[i].value) + 2;
@@ -344,7 +438,13 @@ static void request_reset(struct http_conn *c)
     c->last = CB_NONE;
     c->nheaders = 0;
     c->head_bytes = 0;
+    c->trailer_bytes = 0;
+    c->head_done = 0;
+    c->want_continue = 0;
     c->early_status = 0;
+    c->early_msg = NULL;
+    c->parse_err = HPE_OK;
+    http_framing_start(&c->framing);
     if (c->body)
         evbuffer_drain(c->body, evbuffer_get_length(c->body));
     if (c->resp_headers)
@@ -407,47 +507,74 @@ static void dispatch(struct http_conn *c)
     router_dispatch(&c->req);
 }
 
+/*
+ * Runs the parser over the first contiguous piece of buffered input, and the framing check over
+ * exactly the bytes it consumed (the parser pauses after each chunk-size line and each message,
+ * so the check always knows which part of the message it is in). Returns 1 to go on, 0 once the
+ * request was dispatched or refused.
+ */
+static int parse_step(struct http_conn *c, struct evbuffer *in)
+{
+    size_t max_head = (size_t)c->w->cfg->http.max_header_size;
+    struct evbuffer_iovec v;
+    const char *why = NULL;
+
+    evbuffer_peek(in, -1, NULL, &v, 1);
+    size_t n = v.iov_len;
+    int in_head = c->state <= C_HEAD;
+    if (in_head && n > max_head + 1 - c->head_bytes)
+        n = max_head + 1 - c->head_bytes;
+    size_t used = http_parser_execute(&c->parser, &parser_settings, v.iov_base, n);
+    int framing_ok = http_framing_scan(&c->framing, v.iov_base, used, &why) == 0;
+    evbuffer_drain(in, used);
+    enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+    if (!framing_ok) {
+        c->early_msg = why;
+        reply_early(c, 400);
+        return 0;
+    }
+    if (in_head && c->state <= C_HEAD) {
+        c->head_bytes += used;
+        if (c->head_bytes > max_head && err == HPE_OK) {
+            reply_early(c, 431);
+            return 0;
+        }
+    }
+    if (err != HPE_OK && err != HPE_PAUSED) {
+        c->parse_err = err;
+        int status = c->early_status ? c->early_status : 400;
+        reply_early(c, err == HPE_HEADER_OVERFLOW ? 431 : status);
+        return 0;
+    }
+    if (c->want_continue) { /* only now: the head's bytes passed the framing check */
+        c->want_continue = 0;
+        send_continue(c);
+    }
+    if (err == HPE_PAUSED) {
+        http_parser_pause(&c->parser, 0);
+        if (c->state == C_HANDLING) {
+            dispatch(c);
+            return 0;
+        }
+        http_framing_chunk(&c->framing, c->chunk_size); /* paused after a chunk-size line */
+    }
+    return 1;
+}
+
 /* Parses what is buffered; stops at a complete request (dispatched) or when data runs out. */
 static void parse_input(struct http_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    size_t max_head = (size_t)c->w->cfg->http.max_header_size;
 
     while (c->state <= C_BODY && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
         if (!c->started) {
             /* Armed once per request: blank lines before it must not push the deadline. */
             c->started = 1;
             c->start_us = now_us(c);
             arm_timer(c, c->w->cfg->http.header_timeout);
         }
-        evbuffer_peek(in, -1, NULL, &v, 1);
-        size_t n = v.iov_len;
-        int in_head = c->state <= C_HEAD;
-        if (in_head && n > max_head + 1 - c->head_bytes)
-            n = max_head + 1 - c->head_bytes;
-        size_t used = http_parser_execute(&c->parser, &parser_settings, v.iov_base, n);
-        evbuffer_drain(in, used);
-        enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
-        if (in_head && c->state <= C_HEAD) {
-            c->head_bytes += used;
-            if (c->head_bytes > max_head && err == HPE_OK) {
-                reply_early(c, 431);
-                return;
-            }
-        }
-        if (err == HPE_PAUSED) {
-            http_parser_pause(&c->parser, 0);
-            dispatch(c);
+        if (!parse_step(c, in))
             return;
-        }
-        if (err != HPE_OK) {
-            int status = c->early_status ? c->early_status : 400;
-            if (err == HPE_HEADER_OVERFLOW)
-                status = 431;
-            reply_early(c, status);
-            return;
-        }
     }
 }
 
@@ -621,7 +748,7 @@ static const char *early_message(int status, const char **code_r)
         return "The request line and headers are larger than the server accepts.";
     case 505:
         *code_r = "http_version_not_supported";
-        return "Only HTTP/1.x is served.";
+        return "Only HTTP/1.1 and HTTP/1.0 are served.";
     case 500:
         *code_r = "internal_error";
         return "The server could not process the request.";
@@ -631,23 +758,48 @@ static const char *early_message(int status, const char **code_r)
     }
 }
 
-/* Answers a request refused before routing, then closes the connection. */
+/* The client's sentence for an early answer: the refusing check's own, or the parser's. */
+static const char *early_text(struct http_conn *c, int status, const char **code_r, char *buf,
+                              size_t size)
+{
+    const char *msg = early_message(status, code_r);
+
+    if (c->early_msg != NULL)
+        return c->early_msg;
+    if (status == 400 && c->parse_err > HPE_CB_chunk_complete && c->parse_err != HPE_PAUSED) {
+        snprintf(buf, size, "The request is not valid HTTP/1.1: %s.",
+                 http_errno_description(c->parse_err));
+        return buf;
+    }
+    return msg;
+}
+
+/*
+ * Answers a request refused before routing, then closes the connection. The header section may
+ * be incomplete: nothing here reads it (http_header answers NULL until it is complete).
+ */
 static void reply_early(struct http_conn *c, int status)
 {
-    const char *code, *msg = early_message(status, &code);
-    char body[256];
-    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    static const char fallback[] = "{\"error\":\"internal_error\",\"message\":\"Out of memory.\"}";
+    const char *code;
+    char buf[160];
+    const char *msg = early_text(c, status, &code, buf, sizeof(buf));
+    json_t *j = json_pack("{s:s, s:s}", "error", code, "message", msg);
+    char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    size_t n = body ? strlen(body) : sizeof(fallback) - 1;
 
+    json_decref(j);
     evtimer_del(c->timer);
     if (c->start_us == 0)
         c->start_us = now_us(c);
-    if (c->request_id[0] == '\0') /* the headers may be partial: do not read them */
+    if (c->request_id[0] == '\0')
         snprintf(c->request_id, sizeof(c->request_id), "%s-%08llx", c->w->id_prefix,
                  (unsigned long long)++c->w->request_seq);
     c->req.route = ROUTE_UNMATCHED;
-    finish_request(c, status, (size_t)n, 0);
+    finish_request(c, status, n, 0);
     c->close_after = 1;
-    write_response(c, status, "application/json", body, (size_t)n);
+    write_response(c, status, "application/json", body ? body : fallback, n);
+    free(body);
 }
 
 /* ---- connection events ---- */

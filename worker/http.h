@@ -44,7 +44,10 @@ void http_conn_accept(struct worker_listener *l, int fd, const struct sockaddr *
 /* The worker serving `req`. */
 struct worker *http_worker(const struct http_request *req);
 
-/* Value of the first request header line `name` (case-insensitive), or NULL. */
+/*
+ * Value of the first request header line `name` (case-insensitive), or NULL. Only the header
+ * section counts: NULL while it is incomplete, and trailer fields are never returned.
+ */
 const char *http_header(const struct http_request *req, const char *name);
 
 /*
