@@ -90,8 +90,7 @@ struct auth *auth_new(const struct config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    /* Last: the dummy hash is process-wide, so a reload refused earlier must not change it. */
-    if (password_dummy_init(&a->params) < 0) {
+    if (password_dummy_make(&a->params, a->dummy_phc) < 0) {
         snprintf(err, errlen, "argon2id with m=%d KiB t=%d p=%d failed", cfg->password.memory_kib,
                  cfg->password.iterations, cfg->password.parallelism);
         goto fail;

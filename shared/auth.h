@@ -1,7 +1,8 @@
 /*
  * auth: everything the authentication API needs that is built once per configuration — the
- * JWT key ring, the password policy (with its blocklist), the argon2id parameters and dummy
- * hash, and the store driver (whose migrations it runs).
+ * JWT key ring, the password policy (with its blocklist), the argon2id parameters and the
+ * dummy hash made with them, and the store driver (whose migrations it runs). Nothing of it is
+ * process-wide: a refused or rolled-back reload leaves the serving generation's context as it was.
  *
  * Like the TLS context, the master builds it while validating a configuration, so a missing
  * key or an unreachable store refuses the reload and the old generation keeps serving; the
@@ -19,6 +20,7 @@ struct auth {
     struct jwt_keyring *keys;
     struct password_policy *policy;
     struct password_params params;
+    char dummy_phc[PASSWORD_PHC_MAX]; /* unknown accounts verify against it (same cost) */
     const struct store_driver *store;
     char *jwks_json;      /* the JWK Set, rendered once */
     char *discovery_json; /* /.well-known/openid-configuration, rendered once */

@@ -5,7 +5,6 @@
  * blocklist kept as a sorted array of case-folded NFC strings, never the account's email.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,9 +53,6 @@ struct phc_info {
     uint32_t version, m, t, p;
     size_t salt_b64, tag_b64;
 };
-
-static pthread_rwlock_t dummy_lock = PTHREAD_RWLOCK_INITIALIZER;
-static char dummy_phc[PASSWORD_PHC_MAX]; /* "" until password_dummy_init */
 
 /* ---- hashing ---- */
 
@@ -175,40 +171,23 @@ int password_verify(const char *phc, const char *password, size_t len,
 
 /* ---- dummy hash ---- */
 
-int password_dummy_init(const struct password_params *p)
+int password_dummy_make(const struct password_params *p, char phc[PASSWORD_PHC_MAX])
 {
     unsigned char secret[DUMMY_SECRET];
-    char phc[PASSWORD_PHC_MAX];
     int rc;
 
+    phc[0] = '\0';
     if (RAND_bytes(secret, sizeof(secret)) != 1)
         return -1;
-    rc = password_hash(p, (const char *)secret, sizeof(secret), phc, sizeof(phc));
+    rc = password_hash(p, (const char *)secret, sizeof(secret), phc, PASSWORD_PHC_MAX);
     OPENSSL_cleanse(secret, sizeof(secret));
     if (rc < 0)
-        return -1;
-    pthread_rwlock_wrlock(&dummy_lock);
-    memcpy(dummy_phc, phc, sizeof(dummy_phc));
-    pthread_rwlock_unlock(&dummy_lock);
-    return 0;
+        phc[0] = '\0';
+    return rc < 0 ? -1 : 0;
 }
 
-void password_verify_dummy(const char *password, size_t len)
+void password_verify_dummy(const char *phc, const char *password, size_t len)
 {
-    static const struct password_params owasp = {19456, 2, 1};
-    char phc[PASSWORD_PHC_MAX];
-
-    pthread_rwlock_rdlock(&dummy_lock);
-    memcpy(phc, dummy_phc, sizeof(phc));
-    pthread_rwlock_unlock(&dummy_lock);
-    if (phc[0] == '\0') {
-        /* Never initialized: make one with the OWASP defaults rather than answer at once. */
-        if (password_dummy_init(&owasp) < 0)
-            return;
-        pthread_rwlock_rdlock(&dummy_lock);
-        memcpy(phc, dummy_phc, sizeof(phc));
-        pthread_rwlock_unlock(&dummy_lock);
-    }
     (void)password_verify(phc, password, len, NULL, NULL);
 }
 

@@ -37,12 +37,14 @@ int password_verify(const char *phc, const char *password, size_t len,
                     const struct password_params *current, int *rehash_r);
 
 /*
- * Makes the dummy hash used for unknown accounts with parameters `p` (call at start-up and when
- * the parameters change). Returns 0 or -1.
+ * Makes a dummy hash for unknown accounts: the PHC string of a random secret under parameters
+ * `p`, written to `phc`. Whoever owns the parameters (a generation's auth context) owns its dummy,
+ * so unknown and real accounts cost the same for exactly the parameters that generation uses.
+ * Returns 0 or -1.
  */
-int password_dummy_init(const struct password_params *p);
-/* Verifies `password` against the dummy hash: the same cost as a real verification, no result. */
-void password_verify_dummy(const char *password, size_t len);
+int password_dummy_make(const struct password_params *p, char phc[PASSWORD_PHC_MAX]);
+/* Verifies `password` against dummy `phc`: the same cost as a real verification, no result. */
+void password_verify_dummy(const char *phc, const char *password, size_t len);
 
 struct password_policy;
 

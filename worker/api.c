@@ -279,7 +279,8 @@ static void work_login(struct job *j, struct store *st)
     enum store_status r = a->store->user_by_email(st, j->email, &j->user);
 
     if (r == STORE_NOT_FOUND) {
-        password_verify_dummy(j->password, j->password_len); /* same cost as a real account */
+        /* same cost as a real account, with this generation's parameters */
+        password_verify_dummy(a->dummy_phc, j->password, j->password_len);
         audit(j, st, "login", "failure", NULL, "unknown_email");
         job_fail(j, 401, "invalid_credentials", "The email or password is incorrect.");
         return;

@@ -228,23 +228,29 @@ static void test_rehash_on_algorithm(void **state)
 static void *dummy_reader(void *arg)
 {
     for (int i = 0; i < 3; i++)
-        password_verify_dummy("no such user's password", 23);
+        password_verify_dummy(arg, "no such user's password", 23);
     return NULL;
 }
 
 static void test_dummy(void **state)
 {
-    const struct password_params bad = {256, 0, 1};
+    const struct password_params bad = {256, 0, 1}, other = {small.memory_kib * 2, 1, 1};
+    char phc[PASSWORD_PHC_MAX], phc2[PASSWORD_PHC_MAX];
     pthread_t th[4];
 
-    assert_int_equal(password_dummy_init(&bad), -1);
-    assert_int_equal(password_dummy_init(&small), 0);
-    password_verify_dummy("whatever", 8);
-    password_verify_dummy("", 0);
-    password_verify_dummy(NULL, 0);
+    assert_int_equal(password_dummy_make(&bad, phc), -1);
+    assert_string_equal(phc, "");
+    assert_int_equal(password_dummy_make(&small, phc), 0);
+    assert_int_equal(password_dummy_make(&other, phc2), 0);
+    /* Each dummy carries the parameters it was made with: two generations, two dummies. */
+    assert_non_null(strstr(phc, "$m=256,t=1,p=1$"));
+    assert_non_null(strstr(phc2, "$m=512,t=1,p=1$"));
+    assert_int_equal(password_verify(phc, "x", 1, &small, NULL), 0); /* a mismatch, not an error */
+    password_verify_dummy(phc, "whatever", 8);
+    password_verify_dummy(phc, "", 0);
+    password_verify_dummy(phc, NULL, 0);
     for (int i = 0; i < 4; i++)
-        assert_int_equal(pthread_create(&th[i], NULL, dummy_reader, NULL), 0);
-    assert_int_equal(password_dummy_init(&small), 0); /* a reload while readers run */
+        assert_int_equal(pthread_create(&th[i], NULL, dummy_reader, phc), 0);
     for (int i = 0; i < 4; i++)
         assert_int_equal(pthread_join(th[i], NULL), 0);
 }
