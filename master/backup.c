@@ -1009,11 +1009,16 @@ static int lock_dir(const char *dir, char *err, size_t errlen)
     return fd;
 }
 
+int backup_encrypted(const struct config *cfg)
+{
+    return cfg->backup.encryption_key_file != NULL && cfg->backup.encryption_key_file[0] != '\0';
+}
+
 static int load_key(const struct config *cfg, unsigned char key[BACKUP_KEY_LEN], int *have_r,
                     char *err, size_t errlen)
 {
     *have_r = 0;
-    if (cfg->backup.encryption_key_file == NULL || cfg->backup.encryption_key_file[0] == '\0')
+    if (!backup_encrypted(cfg))
         return 0;
     if (backup_key_load(cfg->backup.encryption_key_file, key, err, errlen) < 0)
         return -1;

@@ -64,6 +64,13 @@ extern volatile sig_atomic_t backup_cancel;
  * Refuses a file that others can read or anyone but its owner/group can write.
  */
 int backup_key_load(const char *path, unsigned char key[BACKUP_KEY_LEN], char *err, size_t errlen);
+/* 1 when backups of `cfg` are encrypted (backup.encryption_key_file is set), else 0. */
+int backup_encrypted(const struct config *cfg);
+/* The plain warning `config check`, `status` and the log give while backups are not encrypted. */
+#define BACKUP_UNENCRYPTED_WARNING                                                                 \
+    "backups are NOT encrypted (backup.encryption_key_file is not set): a backup file holds "      \
+    "password hashes, email addresses and client IP addresses in clear; set a key before "         \
+    "production (docs/operations.md, production checklist)"
 
 /* ---- streaming writer and reader (the format) ---- */
 

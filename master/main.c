@@ -146,6 +146,8 @@ static int cmd_config_check(const char *path)
     printf("%s: configuration ok (%d workers, https://%s:%d, admin http://%s:%d)\n",
            path ? path : "built-in defaults", config_worker_count(cfg), cfg->listen.address,
            cfg->listen.port, cfg->admin.address, cfg->admin.port);
+    if (!backup_encrypted(cfg))
+        printf("warning: %s\n", BACKUP_UNENCRYPTED_WARNING);
     config_free(cfg);
     return 0;
 }

@@ -524,10 +524,22 @@ static int generation_ready(void)
     return 1;
 }
 
+/* Facts of the serving configuration that status and /metrics show (after start, reload and
+ * rollback). */
+static void publish_config(void)
+{
+    int enc = backup_encrypted(sup.cfg);
+
+    atomic_store(&sup.h->backup_encrypted, (unsigned)enc);
+    if (!enc)
+        log_warn("%s", BACKUP_UNENCRYPTED_WARNING);
+}
+
 static void start_generation(void)
 {
     sup.generation = ++sup.last_generation;
     atomic_store(&sup.h->generation, sup.generation);
+    publish_config();
     sup.npos = config_worker_count(sup.cfg);
     atomic_store(&sup.h->workers_wanted, (unsigned)sup.npos);
     for (int i = 0; i < sup.npos; i++) {
@@ -701,6 +713,7 @@ static void rollback_reload(const char *why)
     memcpy(sup.pos, sup.prev.pos, sizeof(sup.pos));
     atomic_store(&sup.h->generation, sup.generation);
     atomic_store(&sup.h->workers_wanted, (unsigned)sup.npos);
+    publish_config();
     for (int i = 0; i < sup.npos; i++) {
         struct position *ps = &sup.pos[i];
         struct proc *p = ps->slot >= 0 ? &sup.procs[ps->slot] : NULL;

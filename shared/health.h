@@ -20,7 +20,7 @@
 #include "shared/route.h"
 
 #define HEALTH_MAGIC   0x61757468u /* "auth" */
-#define HEALTH_VERSION 3u
+#define HEALTH_VERSION 4u
 #define HEALTH_SLOTS   128 /* two generations of CONFIG_MAX_WORKERS during a reload */
 
 enum health_state {
@@ -134,6 +134,7 @@ struct health {
     atomic_ullong backup_failures_total;
     atomic_uint backup_running;
     atomic_uint backup_last_failed; /* 1 when the last attempt failed */
+    atomic_uint backup_encrypted;   /* 1 when the serving configuration sets an encryption key */
 };
 
 /* Maps a fresh segment (zeroed). Returns NULL with errno set. */

@@ -218,6 +218,10 @@ static void render_backup(FILE *f, const struct health *h)
                  (long long)LOAD(h->backup_failures_total));
     render_gauge(f, "authd_backup_running", "gauge", "1 while a backup runs.",
                  (long long)LOAD(h->backup_running));
+    render_gauge(f, "authd_backup_encrypted", "gauge",
+                 "1 when backups are encrypted (backup.encryption_key_file is set), 0 when a "
+                 "backup holds password hashes and emails in clear.",
+                 (long long)LOAD(h->backup_encrypted));
 }
 
 /*
@@ -315,22 +319,28 @@ static json_t *backup_json(const struct health *h)
 {
     long long last = LOAD(h->backup_last_success_ms), attempt = LOAD(h->backup_last_attempt_ms);
 
-    return json_pack("{s:o, s:o, s:f, s:I, s:I, s:I, s:b, s:b}", "last_success",
+    return json_pack("{s:o, s:o, s:f, s:I, s:I, s:I, s:b, s:b, s:b}", "last_success",
                      last ? json_real(last / 1e3) : json_null(), "last_attempt",
                      attempt ? json_real(attempt / 1e3) : json_null(), "last_duration_s",
                      LOAD(h->backup_last_duration_ms) / 1e3, "last_size_bytes",
                      (json_int_t)LOAD(h->backup_last_size_bytes), "successes",
                      (json_int_t)LOAD(h->backup_success_total), "failures",
                      (json_int_t)LOAD(h->backup_failures_total), "running",
-                     (int)LOAD(h->backup_running), "last_failed", (int)LOAD(h->backup_last_failed));
+                     (int)LOAD(h->backup_running), "last_failed", (int)LOAD(h->backup_last_failed),
+                     "encrypted", (int)LOAD(h->backup_encrypted));
 }
 
-/* The last line of `authd status`, about backups (none while nothing is known). */
+/* The last lines of `authd status`, about backups. */
 static void backup_text(FILE *f, const struct health *h)
 {
     long long last = LOAD(h->backup_last_success_ms);
     char when[32] = "none known";
 
+    fprintf(f, "backups: %s\n",
+            LOAD(h->backup_encrypted)
+                ? "encrypted"
+                : "NOT ENCRYPTED: backup.encryption_key_file is not set, so a backup holds "
+                  "password hashes, emails and client addresses in clear");
     if (last == 0 && LOAD(h->backup_last_attempt_ms) == 0 && !LOAD(h->backup_running))
         return;
 

@@ -140,6 +140,21 @@ done
 authd status --json 2>/dev/null | "$PY" -c 'import json,sys; json.load(sys.stdin)' ||
     fail "status --json stdout is not JSON"
 
+# ---- backups without encryption are reported plainly; a reload that sets a key clears it ----
+expect_eq "$(metric authd_backup_encrypted)" 0 "authd_backup_encrypted without a key"
+expect_contains "$(authd status)" "backups: NOT ENCRYPTED" "authd status without a key"
+expect_eq "$(status_json | json "d['backup']['encrypted']")" false "status --json backup.encrypted"
+grep -q '"level":"warning".*backups are NOT encrypted' "$SERVER_STDERR" ||
+    fail "no warning about unencrypted backups in the log"
+(umask 077 && openssl rand -hex 32 >"$T/backup.key")
+sed -i "s|^    directory = \"$T/backups\";|&\n    encryption_key_file = \"$T/backup.key\";|" "$CONF"
+gen=$(generation)
+out=$(authd reload 2>&1) || fail "authd reload with a backup key: $out"
+wait_until 30 test "$(ready_count $((gen + 1)))" = "$WORKERS" || fail "generation $((gen + 1)) not ready"
+expect_eq "$(metric authd_backup_encrypted)" 1 "authd_backup_encrypted after a reload with a key"
+expect_contains "$(authd status)" "backups: encrypted" "authd status with a key"
+expect_eq "$(status_json | json "d['backup']['encrypted']")" true "status --json backup.encrypted with a key"
+
 # ---- stop ----
 wpids=$(worker_pids)
 out=$(authd stop 2>&1) || fail "authd stop exited $?: $out"

@@ -33,6 +33,14 @@ expect_contains "$out" "configuration ok" "valid config"
 expect_contains "$out" "https://127.0.0.1:$PORT" "valid config summary"
 expect_contains "$out" "http://127.0.0.1:$ADMIN_PORT" "valid config summary"
 [[ -z "$err" ]] || fail "valid config printed on stderr: $err"
+# Backups without an encryption key: still valid, but said plainly.
+expect_contains "$out" "warning: backups are NOT encrypted (backup.encryption_key_file is not set)" \
+    "config check without a backup key"
+(umask 077 && openssl rand -hex 32 >"$T/backup.key")
+out=$(AUTHD_BACKUP_ENCRYPTION_KEY_FILE="$T/backup.key" "$AUTHD_BIN" --config "$CONF" config check) ||
+    fail "config check with a backup key failed: $out"
+expect_contains "$out" "configuration ok" "config check with a backup key"
+expect_not_contains "$out" "NOT encrypted" "config check with a backup key"
 
 # ---- syntax error ----
 f=$(bad syntax $'http = {\n    max_body_size = 1024;\n    max_header_size 4096;\n};')
