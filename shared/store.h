@@ -156,6 +156,24 @@ const struct store_driver *store_driver_find(const char *name);
 /* Fills `out` with a new random (v4) UUID from the OpenSSL CSPRNG. 0 or -1. */
 int store_uuid(char out[STORE_ID_LEN + 1]);
 
+/*
+ * The email re-normalization migration (SQLite schema 2, MongoDB schema 2): each driver walks
+ * its users oldest first (created_at, then id) and asks store_renorm_email what to do with each.
+ * An account keeps its stored email when that is already normalized, when another account
+ * already holds the normalized address (a collision) or when it is no longer an address: those
+ * are logged here with the user ids only, never an address (docs/operations.md).
+ */
+struct store_renorm {
+    int changed, collisions, invalid;
+};
+/* 1 when user `id`'s stored `email` is to become `norm`; 0 to keep it (invalid ones logged). */
+int store_renorm_email(struct store_renorm *r, const char *id, const char *email,
+                       char norm[STORE_EMAIL_MAX + 1]);
+/* Logs and counts that user `id` keeps its email because user `holder` has the address. */
+void store_renorm_collision(struct store_renorm *r, const char *id, const char *holder);
+/* Logs the totals of the migration on `where` (a path or database name). */
+void store_renorm_done(const struct store_renorm *r, const char *where);
+
 /* ---- rules every driver shares ---- */
 
 /* Whether a session can be used at `now`: not revoked and before both of its expiries. */
