@@ -110,14 +110,15 @@ fi
 PW='itest email pass-phrase 9Vq2Lm'
 register user@example.com "$PW"
 [[ "$CODE" == 201 ]] || fail "register user@example.com: $CODE $BODY"
-USER_ID=$(jget "d['user']['id']")
+declare -A ID # account name -> user id
+ID[user]=$(jget "d['user']['id']")
 register $'jos\u00e9@example.com' "$PW" # NFC
 [[ "$CODE" == 201 ]] || fail "register josé@example.com: $CODE $BODY"
-JOSE_ID=$(jget "d['user']['id']")
+ID[jose]=$(jget "d['user']['id']")
 register $'Ex@B\u00dcCHER.de' "$PW"
 [[ "$CODE" == 201 ]] || fail "register Ex@BÜCHER.de: $CODE $BODY"
 soft expect_eq "$(jget "d['user']['email']")" "ex@xn--bcher-kva.de" "IDN domain stored as its A-label"
-EX_ID=$(jget "d['user']['id']")
+ID[ex]=$(jget "d['user']['id']")
 
 # ---- look-alikes: 409 when they are the same address, 400 when refused, never 201 ----
 # "spelling|expected status|what"
@@ -160,21 +161,21 @@ for entry in "${LOOKALIKES[@]}"; do
 done
 
 # ---- login with an equal spelling reaches the same account ----
-# "spelling|user id variable|what"
+# "spelling|account|what"
 for entry in \
-    $'jose\u0301@example.com|JOSE_ID|NFD of josé' \
-    $'JOS\u00c9@EXAMPLE.COM|JOSE_ID|upper-case É' \
-    $'\uff35\uff33\uff25\uff32@example.com|USER_ID|fullwidth USER' \
-    $'User@Example.Com|USER_ID|mixed case' \
-    $'ex@xn--bcher-kva.de|EX_ID|A-label' \
-    $'EX@b\u00fccher.de|EX_ID|U-label'; do
-    IFS='|' read -r spelling var what <<<"$entry"
+    $'jose\u0301@example.com|jose|NFD of josé' \
+    $'JOS\u00c9@EXAMPLE.COM|jose|upper-case É' \
+    $'\uff35\uff33\uff25\uff32@example.com|user|fullwidth USER' \
+    $'User@Example.Com|user|mixed case' \
+    $'ex@xn--bcher-kva.de|ex|A-label' \
+    $'EX@b\u00fccher.de|ex|U-label'; do
+    IFS='|' read -r spelling account what <<<"$entry"
     login "$spelling" "$PW"
     if [[ "$CODE" != 200 ]]; then
         soft fail "login $what $(shown "$spelling"): expected 200, got $CODE: $BODY"
         continue
     fi
-    soft expect_eq "$(jget "d['user']['id']")" "${!var}" "login $what: the same account"
+    soft expect_eq "$(jget "d['user']['id']")" "${ID[$account]}" "login $what: the same account"
 done
 login $'us\u0435r@example.com' "$PW"
 soft expect_eq "$CODE" 400 "login with a Cyrillic e: refused"
