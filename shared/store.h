@@ -38,7 +38,7 @@ enum store_status {
 
 struct store_user {
     char id[STORE_ID_LEN + 1];
-    char email[STORE_EMAIL_MAX + 1]; /* normalized (trimmed, lower-case) */
+    char email[STORE_EMAIL_MAX + 1]; /* as email_normalize made it (shared/email.h) */
     int email_verified;
     int64_t created_at;
     char password_hash[STORE_HASH_MAX]; /* PHC string */
