@@ -23,7 +23,7 @@ RUN apt-get update \
         build-essential autoconf automake libtool pkg-config \
         libssl-dev libevent-dev libhiredis-dev libmongoc-dev libbson-dev libconfig-dev \
         libargon2-dev libsqlite3-dev libjansson-dev libsystemd-dev libhttp-parser-dev \
-        libunistring-dev zlib1g-dev libcmocka-dev \
+        libunistring-dev libidn2-dev zlib1g-dev libcmocka-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -43,7 +43,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         libssl3 libevent-2.1-7 libevent-openssl-2.1-7 libevent-pthreads-2.1-7 \
         libhiredis0.14 libmongoc-1.0-0 libbson-1.0-0 libconfig9 libargon2-1 libsqlite3-0 \
-        libjansson4 libsystemd0 libhttp-parser2.9 libunistring2 zlib1g \
+        libjansson4 libsystemd0 libhttp-parser2.9 libunistring2 libidn2-0 zlib1g \
         john-data ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 authd \

@@ -1,5 +1,6 @@
 /*
- * store: the table of built-in store drivers and the identifiers they all use (see store.h).
+ * store: the table of built-in store drivers, the identifiers they all use and the rules they
+ * share, the email re-normalization migration's among them (see store.h).
  */
 #include "shared/store.h"
 
@@ -9,6 +10,7 @@
 #include <openssl/err.h>
 #include <openssl/rand.h>
 
+#include "shared/email.h"
 #include "shared/log.h"
 #include "shared/store_mongo.h"
 #include "shared/store_sqlite.h"
@@ -63,6 +65,39 @@ int store_uuid_valid(const char *s)
             return 0;
     }
     return s[STORE_ID_LEN] == '\0';
+}
+
+int store_renorm_email(struct store_renorm *r, const char *id, const char *email,
+                       char norm[STORE_EMAIL_MAX + 1])
+{
+    const char *why = NULL;
+
+    if (email_normalize(email, strlen(email), norm, STORE_EMAIL_MAX + 1, &why) < 0) {
+        r->invalid++;
+        log_warn("email migration: user %s keeps its stored email, which is no longer a valid "
+                 "address (it %s)",
+                 id, why);
+        return 0;
+    }
+    return strcmp(norm, email) != 0;
+}
+
+void store_renorm_collision(struct store_renorm *r, const char *id, const char *holder)
+{
+    r->collisions++;
+    log_warn("email migration: user %s keeps its stored email: its normalized address belongs "
+             "to user %s (collision)",
+             id, holder);
+}
+
+void store_renorm_done(const struct store_renorm *r, const char *where)
+{
+    if (r->changed + r->collisions + r->invalid == 0)
+        return;
+    log_msg(r->collisions + r->invalid > 0 ? LOG_WARNING : LOG_INFO,
+            "email migration on %s: %d address(es) re-normalized, %d kept after a collision, "
+            "%d kept as no longer valid (docs/operations.md, \"Email re-normalization\")",
+            where, r->changed, r->collisions, r->invalid);
 }
 
 int store_session_active(int revoked, const struct store_session *s, int64_t now)

@@ -38,7 +38,7 @@ enum store_status {
 
 struct store_user {
     char id[STORE_ID_LEN + 1];
-    char email[STORE_EMAIL_MAX + 1]; /* normalized (trimmed, lower-case) */
+    char email[STORE_EMAIL_MAX + 1]; /* as email_normalize made it (shared/email.h) */
     int email_verified;
     int64_t created_at;
     char password_hash[STORE_HASH_MAX]; /* PHC string */
@@ -158,6 +158,24 @@ int store_uuid(char out[STORE_ID_LEN + 1]);
 /* 1 when `s` has the shape store_uuid makes (36 characters, lower-case hex, dashes at 8/13/18/23).
  */
 int store_uuid_valid(const char *s);
+
+/*
+ * The email re-normalization migration (SQLite schema 2, MongoDB schema 2): each driver walks
+ * its users oldest first (created_at, then id) and asks store_renorm_email what to do with each.
+ * An account keeps its stored email when that is already normalized, when another account
+ * already holds the normalized address (a collision) or when it is no longer an address: those
+ * are logged here with the user ids only, never an address (docs/operations.md).
+ */
+struct store_renorm {
+    int changed, collisions, invalid;
+};
+/* 1 when user `id`'s stored `email` is to become `norm`; 0 to keep it (invalid ones logged). */
+int store_renorm_email(struct store_renorm *r, const char *id, const char *email,
+                       char norm[STORE_EMAIL_MAX + 1]);
+/* Logs and counts that user `id` keeps its email because user `holder` has the address. */
+void store_renorm_collision(struct store_renorm *r, const char *id, const char *holder);
+/* Logs the totals of the migration on `where` (a path or database name). */
+void store_renorm_done(const struct store_renorm *r, const char *where);
 
 /* ---- rules every driver shares ---- */
 

@@ -30,6 +30,7 @@
 
 #include <mongoc/mongoc.h>
 
+#include "shared/email.h"
 #include "shared/error.h"
 #include "shared/log.h"
 
@@ -655,6 +656,86 @@ static int create_indexes(struct conn *k, enum coll c, const char *name, int ttl
     return rc;
 }
 
+/* The id of the user whose email is `email` into other: 1, 0 when none, -1 (logged). */
+static int holder_of(struct conn *k, const char *email, char *other, size_t size)
+{
+    bson_t *filter = BCON_NEW("email", BCON_UTF8(email));
+    bson_t doc = BSON_INITIALIZER;
+    int found = find_one(k, C_USERS, filter, "email migration", &doc);
+
+    if (found == 1)
+        doc_text(&doc, "id", other, size);
+    bson_destroy(&doc);
+    bson_destroy(filter);
+    return found;
+}
+
+/*
+ * Schema 2's one user: `id` keeps its stored email (logged by store_renorm_*) or takes the
+ * normalized one. The update names the old email too, so that it changes nothing when a
+ * concurrent migration got there first. 0, or -1 (logged).
+ */
+static int renorm_user(struct conn *k, struct store_renorm *r, const char *id, const char *email)
+{
+    char norm[STORE_EMAIL_MAX + 1], other[STORE_ID_LEN + 1] = "";
+    struct upd_result u;
+    int found, rc;
+
+    if (!store_renorm_email(r, id, email, norm))
+        return 0;
+    if ((found = holder_of(k, norm, other, sizeof(other))) < 0)
+        return -1;
+    if (found == 0) {
+        bson_t *filter = BCON_NEW("id", BCON_UTF8(id), "email", BCON_UTF8(email));
+        bson_t *upd = BCON_NEW("$set", "{", "email", BCON_UTF8(norm), "}");
+        rc = update(k, C_USERS, filter, upd, 0, 0, "email migration", &u);
+        bson_destroy(upd);
+        bson_destroy(filter);
+        if (rc == 0) {
+            r->changed += u.modified > 0;
+            return 0;
+        }
+        /* Taken meanwhile (the unique index): by a registration or another migration. */
+        if (!u.duplicate || holder_of(k, norm, other, sizeof(other)) < 0)
+            return -1;
+    }
+    store_renorm_collision(r, id, other);
+    return 0;
+}
+
+/* Schema 2: every user's email through email_normalize, oldest account first (store.h). */
+static int emails_renormalize(struct conn *k, char *err, size_t errlen)
+{
+    bson_t *filter = bson_new();
+    bson_t *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(1), "id", BCON_INT32(1), "}",
+                            "projection", "{", "id", BCON_INT32(1), "email", BCON_INT32(1), "}",
+                            "allowDiskUse", BCON_BOOL(true));
+    char id[STORE_ID_LEN + 1], email[EMAIL_INPUT_MAX + 2]; /* longer: "too long", kept */
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll(k, C_USERS), filter, opts, NULL);
+    struct store_renorm r = {0};
+    const bson_t *doc;
+    bson_error_t e;
+    int rc = 0;
+
+    while (rc == 0 && mongoc_cursor_next(cur, &doc)) {
+        doc_text(doc, "id", id, sizeof(id));
+        doc_text(doc, "email", email, sizeof(email));
+        rc = renorm_user(k, &r, id, email);
+    }
+    if (rc == 0 && mongoc_cursor_error(cur, &e)) {
+        note_error(k, "email migration", &e);
+        rc = -1;
+    }
+    if (rc < 0)
+        error_set(err, errlen, "database %s: email migration failed (see the log)", k->st->db);
+    else
+        store_renorm_done(&r, k->st->db);
+    mongoc_cursor_destroy(cur);
+    bson_destroy(opts);
+    bson_destroy(filter);
+    return rc;
+}
+
 /* Refuses a database written by a newer authd; creates the indexes; records the version. */
 static int migrate(struct conn *k, char *err, size_t errlen)
 {
@@ -679,6 +760,8 @@ static int migrate(struct conn *k, char *err, size_t errlen)
     for (int c = 0; c < C_COUNT; c++)
         if (create_indexes(k, (enum coll)c, coll_names[c], 1, err, errlen) < 0)
             goto out;
+    if ((!found || doc_int(&meta, "version") < 2) && emails_renormalize(k, err, errlen) < 0)
+        goto out;
     if (update(k, C_META, filter, upd, 0, 1, "schema version", &r) < 0) {
         error_set(err, errlen, "database %s: cannot record the schema version", k->st->db);
         goto out;

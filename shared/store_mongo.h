@@ -11,7 +11,7 @@
 #include "shared/store.h"
 
 /* The schema version this code writes ({name: "schema"} in authd_meta); newer ones are refused. */
-#define STORE_MONGO_SCHEMA_VERSION 1
+#define STORE_MONGO_SCHEMA_VERSION 2
 /* Sessions and rotated refresh-token hashes are deleted by TTL this long after their expiry. */
 #define STORE_MONGO_TTL_GRACE 604800
 

@@ -24,6 +24,7 @@
 
 #include <sqlite3.h>
 
+#include "shared/email.h"
 #include "shared/error.h"
 #include "shared/log.h"
 
@@ -73,7 +74,10 @@ static const char *const migrations[] = {
     " request_id TEXT,"
     " detail TEXT);"
     "CREATE INDEX audit_events_user_at ON audit_events(user_id, at);",
+    /* 2: emails in today's normalized form (no SQL: emails_renormalize runs after it) */
+    "",
 };
+#define MIGRATION_EMAILS 2
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SQLITE_SCHEMA_VERSION,
                "STORE_SQLITE_SCHEMA_VERSION must equal the number of migrations");
@@ -401,6 +405,77 @@ static int schema_version(sqlite3 *db, const char *path, int64_t *v, char *err, 
     return 0;
 }
 
+/*
+ * Migration 2's one user: `id` keeps its stored email (then logged by store_renorm_*) or takes
+ * the normalized one. `holder` and `update` are "SELECT id FROM users WHERE email = ?1" and
+ * "UPDATE users SET email = ?1 WHERE id = ?2". 0, or -1 with a message.
+ */
+static int renorm_user(sqlite3_stmt *holder, sqlite3_stmt *update, struct store_renorm *r,
+                       const char *id, const char *email, char *err, size_t errlen)
+{
+    char norm[STORE_EMAIL_MAX + 1], other[STORE_ID_LEN + 1] = "";
+    int rc;
+
+    if (!store_renorm_email(r, id, email, norm))
+        return 0;
+    sqlite3_bind_text(holder, 1, norm, -1, SQLITE_STATIC);
+    if ((rc = sqlite3_step(holder)) == SQLITE_ROW)
+        col_text(holder, 0, other, sizeof(other));
+    sqlite3_reset(holder);
+    if (rc == SQLITE_ROW) {
+        store_renorm_collision(r, id, other);
+        return 0;
+    }
+    if (rc == SQLITE_DONE) {
+        sqlite3_bind_text(update, 1, norm, -1, SQLITE_STATIC);
+        sqlite3_bind_text(update, 2, id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(update);
+        sqlite3_reset(update);
+    }
+    if (rc != SQLITE_DONE) {
+        error_set(err, errlen, "email migration, user %s: %s", id, sqlite3_errstr(rc));
+        return -1;
+    }
+    r->changed++;
+    return 0;
+}
+
+/* Migration 2: every user's email through email_normalize, oldest account first (store.h). */
+static int emails_renormalize(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+    sqlite3_stmt *all = NULL, *holder = NULL, *update = NULL;
+    char id[STORE_ID_LEN + 1], email[EMAIL_INPUT_MAX + 2]; /* longer: "too long", kept */
+    struct store_renorm r = {0};
+    int rc = SQLITE_OK, ret = -1;
+
+    if (sqlite3_prepare_v2(db, "SELECT id, email FROM users ORDER BY created_at, id", -1, &all,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT id FROM users WHERE email = ?1", -1, &holder, NULL) !=
+            SQLITE_OK ||
+        sqlite3_prepare_v2(db, "UPDATE users SET email = ?1 WHERE id = ?2", -1, &update, NULL) !=
+            SQLITE_OK) {
+        error_set(err, errlen, "%s: email migration: %s", path, sqlite3_errmsg(db));
+        goto out;
+    }
+    while ((rc = sqlite3_step(all)) == SQLITE_ROW) {
+        col_text(all, 0, id, sizeof(id));
+        col_text(all, 1, email, sizeof(email));
+        if (renorm_user(holder, update, &r, id, email, err, errlen) < 0)
+            goto out;
+    }
+    if (rc != SQLITE_DONE) {
+        error_set(err, errlen, "%s: email migration: %s", path, sqlite3_errmsg(db));
+        goto out;
+    }
+    store_renorm_done(&r, path);
+    ret = 0;
+out:
+    sqlite3_finalize(update);
+    sqlite3_finalize(holder);
+    sqlite3_finalize(all);
+    return ret;
+}
+
 /* Applies the pending migrations in one transaction; the version is re-read under the lock. */
 static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
 {
@@ -413,7 +488,8 @@ static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
         goto fail;
     for (int64_t i = v; i < STORE_SQLITE_SCHEMA_VERSION; i++) {
         snprintf(what, sizeof(what), "migration %lld", (long long)i + 1);
-        if (exec_sql(db, path, what, migrations[i], err, errlen) < 0)
+        if (exec_sql(db, path, what, migrations[i], err, errlen) < 0 ||
+            (i + 1 == MIGRATION_EMAILS && emails_renormalize(db, path, err, errlen) < 0))
             goto fail;
     }
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", STORE_SQLITE_SCHEMA_VERSION);

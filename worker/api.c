@@ -1,7 +1,6 @@
 /* api: authentication API handlers (see api.h). */
 #include "worker/api.h"
 
-#include <ctype.h>
 #include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -14,6 +13,7 @@
 #include <time.h>
 
 #include "shared/auth.h"
+#include "shared/email.h"
 #include "shared/log.h"
 #include "shared/ratelimit.h"
 #include "worker/offload.h"
@@ -45,8 +45,8 @@ struct job {
     char ip[STORE_IP_MAX + 1];
     char ua[STORE_UA_MAX + 1];
     char request_id[72];
-    char email[STORE_EMAIL_MAX + 1];
-    char *password, *new_password; /* wiped before free */
+    char email[STORE_EMAIL_MAX + 1]; /* normalized by email_normalize */
+    char *password, *new_password;   /* wiped before free */
     size_t password_len, new_password_len;
     char user_id[STORE_ID_LEN + 1];
     char session_id[STORE_ID_LEN + 1];
@@ -724,45 +724,21 @@ static const char *field(struct http_request *req, json_t *o, const char *name, 
     return NULL;
 }
 
-int api_email_normalize(const char *in, char *out, size_t outlen)
-{
-    size_t n = strlen(in);
-    while (n > 0 && isspace((unsigned char)in[n - 1]))
-        n--;
-    while (n > 0 && isspace((unsigned char)*in)) {
-        in++;
-        n--;
-    }
-    if (n == 0 || n > STORE_EMAIL_MAX || n >= outlen)
-        return -1;
-    int at = -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (c <= 0x20 || c == 0x7f || c == '<' || c == '>' || c == ',' || c == ';' || c == '"' ||
-            c == '\\')
-            return -1;
-        if (c == '@') {
-            if (at >= 0)
-                return -1;
-            at = (int)i;
-        }
-        out[i] = (char)tolower(c);
-    }
-    out[n] = '\0';
-    if (at < 1 || at > 64 || (size_t)at >= n - 3 || strchr(out + at, '.') == NULL ||
-        out[n - 1] == '.' || out[at + 1] == '.')
-        return -1;
-    return 0;
-}
+_Static_assert(EMAIL_MAX == STORE_EMAIL_MAX, "a normalized email must fit the store");
 
+/* The request's "email", normalized into j->email; answers 400 with the reason and -1 if not. */
 static int email_field(struct http_request *req, json_t *o, struct job *j)
 {
-    const char *email = field(req, o, "email", STORE_EMAIL_MAX + 16, NULL);
+    size_t len;
+    const char *email = field(req, o, "email", EMAIL_INPUT_MAX, &len);
+    const char *why = NULL;
+    char msg[160];
 
     if (email == NULL)
         return -1;
-    if (api_email_normalize(email, j->email, sizeof(j->email)) < 0) {
-        http_reply_error(req, 400, "invalid_request", "Field \"email\" is not an email address.");
+    if (email_normalize(email, len, j->email, sizeof(j->email), &why) < 0) {
+        snprintf(msg, sizeof(msg), "Field \"email\" is not an email address: it %s.", why);
+        http_reply_error(req, 400, "invalid_request", msg);
         return -1;
     }
     return 0;

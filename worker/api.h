@@ -28,7 +28,4 @@ void api_cache_clear(void);
 void api_readiness(struct http_request *req);
 void api_discovery(struct http_request *req);
 
-/* Normalizes an email (trim, lower-case) into out; -1 when it is not a plausible address. */
-int api_email_normalize(const char *in, char *out, size_t outlen);
-
 #endif

@@ -39,6 +39,7 @@
 #include <sqlite3.h>
 
 #include "shared/config.h"
+#include "shared/log.h"
 #include "shared/store.h"
 #include "shared/store_mongo.h"
 #include "shared/store_sqlite.h"
@@ -65,6 +66,13 @@
 
 struct fixture;
 
+/* A user row as authd with schema 1 stored it (emails then only trimmed and ASCII lower-cased). */
+struct v1_user {
+    const char *email;
+    int64_t created_at;
+    char id[STORE_ID_LEN + 1];
+};
+
 /* The newest audit event as the backend stored it (NULL columns: is_null[i]). */
 enum { A_EVENT, A_RESULT, A_USER_ID, A_IP, A_UA, A_REQUEST_ID, A_DETAIL, A_COUNT };
 struct audit_row {
@@ -86,6 +94,8 @@ struct backend {
     /* Tests that look under the interface, run after the common ones. */
     const struct CMUnitTest *extra;
     size_t nextra;
+    /* Replaces the (closed) database with one of schema 1 holding `users` as stored. 0 or -1. */
+    int (*seed_v1)(struct fixture *fx, const struct v1_user *users, size_t n);
 };
 
 struct fixture {
@@ -936,6 +946,102 @@ static void restore_malformed_keeps_content(void **state)
     records_free(&r);
 }
 
+/* The whole log file at `path`, malloc'd. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *buf = calloc(1, 65536);
+    size_t n;
+
+    assert_non_null(f);
+    assert_non_null(buf);
+    n = fread(buf, 1, 65535, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static void assert_email_of(struct fixture *fx, const char *id, const char *email)
+{
+    struct store_user g;
+
+    assert_int_equal(fx->drv->user_by_id(fx->st, id, &g), STORE_OK);
+    assert_string_equal(g.email, email);
+}
+
+static void assert_owner(struct fixture *fx, const char *email, const char *id)
+{
+    struct store_user g;
+
+    assert_int_equal(fx->drv->user_by_email(fx->st, email, &g), STORE_OK);
+    assert_string_equal(g.id, id);
+}
+
+/*
+ * Schema 2 re-normalizes stored emails (shared/email.c): the oldest account takes a normalized
+ * address nobody holds, one that holds it already keeps it, and the others keep what they had,
+ * as do addresses that are no longer valid; the log names user ids, never an address.
+ */
+static void email_migration(void **state)
+{
+    struct fixture *fx = *state;
+    struct v1_user u[] = {
+        {"jose\xcc\x81@example.com", T0 - 300, ""},       /* NFD: 1 holds its NFC form */
+        {"jos\xc3\xa9@example.com", T0 - 100, ""},        /* NFC: already normalized */
+        {"\xef\xbc\xa5ve@example.com", T0 - 150, ""},     /* fullwidth E: stored first, collides */
+        {"\xef\xbd\x85ve@example.com", T0 - 200, ""},     /* fullwidth e: older, takes eve@ */
+        {"mallory\xe2\x80\x8b@example.com", T0 - 50, ""}, /* zero-width space: now invalid */
+        {"us\xd0\xb5r@example.com", T0 - 40, ""},         /* Cyrillic e: now invalid */
+        {"bob@b\303\234cher.de", T0 - 30, ""},            /* IDN (Ü): to its A-label */
+        {"alice@example.com", T0 - 20, ""},               /* unchanged */
+    };
+    enum { N = sizeof(u) / sizeof(u[0]) };
+    char logpath[256], line[256];
+    char *log;
+
+    for (int i = 0; i < N; i++)
+        assert_int_equal(store_uuid(u[i].id), 0);
+    close_store(fx);
+    assert_int_equal(fx->be->seed_v1(fx, u, N), 0);
+    snprintf(logpath, sizeof(logpath), "/tmp/test_store_email.%d.log", (int)getpid());
+    unlink(logpath);
+    assert_int_equal(log_open(logpath), 0);
+    open_store(fx); /* migrates */
+    close_store(fx);
+    open_store(fx); /* nothing left to do: no second round of log lines */
+    log_open(NULL);
+    log = slurp(logpath);
+    unlink(logpath);
+    assert_owner(fx, "jos\xc3\xa9@example.com", u[1].id);
+    assert_email_of(fx, u[0].id, u[0].email);
+    assert_owner(fx, "eve@example.com", u[3].id);
+    assert_email_of(fx, u[2].id, u[2].email);
+    assert_email_of(fx, u[4].id, u[4].email);
+    assert_email_of(fx, u[5].id, u[5].email);
+    assert_owner(fx, "bob@xn--bcher-kva.de", u[6].id);
+    assert_owner(fx, "alice@example.com", u[7].id);
+    snprintf(line, sizeof(line),
+             "user %s keeps its stored email: its normalized address belongs "
+             "to user %s",
+             u[0].id, u[1].id);
+    assert_contains(log, line);
+    snprintf(line, sizeof(line),
+             "user %s keeps its stored email: its normalized address belongs "
+             "to user %s",
+             u[2].id, u[3].id);
+    assert_contains(log, line);
+    for (int i = 4; i <= 5; i++) {
+        snprintf(line, sizeof(line), "user %s keeps its stored email, which is no longer a valid",
+                 u[i].id);
+        assert_contains(log, line);
+    }
+    assert_contains(log, "2 address(es) re-normalized, 2 kept after a collision, 2 kept as no");
+    assert_null(strstr(log, "example")); /* no address in the log */
+    assert_null(strstr(log, "bcher"));
+    assert_int_equal(strstr(strstr(log, "re-normalized") + 1, "re-normalized"), NULL);
+    free(log);
+}
+
 static const struct {
     const char *name;
     CMUnitTestFunction fn;
@@ -945,6 +1051,7 @@ static const struct {
     {"user_duplicate_email", user_duplicate_email},
     {"user_email_length", user_email_length},
     {"user_set_password", user_set_password},
+    {"email_migration", email_migration},
     {"session_create_get_list", session_create_get_list},
     {"session_fields_at_limits", session_fields_at_limits},
     {"rotate_chain", rotate_chain},
@@ -1263,6 +1370,62 @@ static void sqlite_concurrent_first_open(void **state)
     sqlite3_close(db);
 }
 
+/* Schema 1 as authd 0.1 created it (store_sqlite.c's first migration), frozen here. */
+static const char sqlite_schema_v1[] =
+    "CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT UNIQUE NOT NULL,"
+    " email_verified INTEGER NOT NULL DEFAULT 0, password_hash TEXT,"
+    " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE TABLE sessions (id TEXT PRIMARY KEY,"
+    " user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,"
+    " created_at INTEGER NOT NULL, last_used_at INTEGER NOT NULL,"
+    " idle_expires_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, revoked_at INTEGER,"
+    " revoke_reason TEXT, ip TEXT, user_agent TEXT);"
+    "CREATE INDEX sessions_user_id ON sessions(user_id);"
+    "CREATE TABLE refresh_tokens (hash BLOB PRIMARY KEY CHECK (length(hash) = 32),"
+    " session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,"
+    " state TEXT NOT NULL CHECK (state IN ('current', 'rotated')),"
+    " created_at INTEGER NOT NULL, rotated_at INTEGER);"
+    "CREATE INDEX refresh_tokens_session_id ON refresh_tokens(session_id);"
+    "CREATE TABLE audit_events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL,"
+    " event TEXT NOT NULL, result TEXT NOT NULL, user_id TEXT, ip TEXT, user_agent TEXT,"
+    " request_id TEXT, detail TEXT);"
+    "CREATE INDEX audit_events_user_at ON audit_events(user_id, at);"
+    "PRAGMA user_version = 1;";
+
+static int sqlite_seed_v1(struct fixture *fx, const struct v1_user *users, size_t n)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    int rc = -1;
+
+    sqlite_remove(fx);
+    if (sqlite3_open_v2(fx->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+            SQLITE_OK ||
+        sqlite3_exec(db, sqlite_schema_v1, NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO users (id, email, password_hash, created_at, updated_at)"
+                           " VALUES (?1, ?2, ?3, ?4, ?4)",
+                           -1, &q, NULL) != SQLITE_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_text(q, 1, users[i].id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, users[i].email, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, HASH_A, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 4, users[i].created_at);
+        if (sqlite3_step(q) != SQLITE_DONE)
+            goto out;
+        sqlite3_reset(q);
+    }
+    chmod(fx->path, 0600);
+    rc = 0;
+out:
+    if (rc < 0)
+        fprintf(stderr, "seed %s: %s\n", fx->path, sqlite3_errmsg(db));
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return rc;
+}
+
 static const struct CMUnitTest sqlite_tests[] = {
     cmocka_unit_test(sqlite_schema_and_pragmas),    cmocka_unit_test(sqlite_migrations_idempotent),
     cmocka_unit_test(sqlite_newer_version_refused), cmocka_unit_test(sqlite_unmigrated_refused),
@@ -1385,6 +1548,38 @@ static int mongo_audit_last(struct fixture *fx, struct audit_row *row)
         raw_text(&doc, keys[i], row->text[i], sizeof(row->text[i]), &row->is_null[i]);
     bson_destroy(&doc);
     return 0;
+}
+
+/* Schema 1's documents: the users as stored and {name: "schema", version: 1}. */
+static int mongo_seed_v1(struct fixture *fx, const struct v1_user *users, size_t n)
+{
+    mongoc_client_t *c = raw_client();
+    mongoc_collection_t *uc = mongoc_client_get_collection(c, fx->dir, "users");
+    mongoc_collection_t *mc = mongoc_client_get_collection(c, fx->dir, "authd_meta");
+    bson_t *f = BCON_NEW("name", "schema");
+    bson_t *v = BCON_NEW("$set", "{", "version", BCON_INT32(1), "}");
+    bson_error_t e;
+    int rc = 0;
+
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        bson_t *d = BCON_NEW("id", BCON_UTF8(users[i].id), "email", BCON_UTF8(users[i].email),
+                             "email_verified", BCON_INT32(0), "password_hash", BCON_UTF8(HASH_A),
+                             "created_at", BCON_INT64(users[i].created_at), "updated_at",
+                             BCON_INT64(users[i].created_at));
+        if (!mongoc_collection_insert_one(uc, d, NULL, NULL, &e))
+            rc = -1;
+        bson_destroy(d);
+    }
+    if (rc == 0 && !mongoc_collection_update_one(mc, f, v, NULL, NULL, &e))
+        rc = -1;
+    if (rc < 0)
+        fprintf(stderr, "seed %s: %s\n", fx->dir, e.message);
+    bson_destroy(v);
+    bson_destroy(f);
+    mongoc_collection_destroy(mc);
+    mongoc_collection_destroy(uc);
+    mongoc_client_destroy(c);
+    return rc;
 }
 
 /* Whether the server is a real MongoDB (congodb answers buildInfo with gitVersion "congodb"). */
@@ -1971,9 +2166,9 @@ static const struct CMUnitTest mongo_tests[] = {
 /* Every driver the suite runs against. */
 static const struct backend backends[] = {
     {"sqlite", NULL, sqlite_prepare, sqlite_discard, sqlite_audit_last, sqlite_tests,
-     sizeof(sqlite_tests) / sizeof(sqlite_tests[0])},
+     sizeof(sqlite_tests) / sizeof(sqlite_tests[0]), sqlite_seed_v1},
     {"mongo", mongo_unavailable, mongo_prepare, mongo_discard, mongo_audit_last, mongo_tests,
-     sizeof(mongo_tests) / sizeof(mongo_tests[0])},
+     sizeof(mongo_tests) / sizeof(mongo_tests[0]), mongo_seed_v1},
 };
 
 /* ---- driver-independent ---- */
