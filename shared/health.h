@@ -20,7 +20,7 @@
 #include "shared/route.h"
 
 #define HEALTH_MAGIC   0x61757468u /* "auth" */
-#define HEALTH_VERSION 3u
+#define HEALTH_VERSION 4u
 #define HEALTH_SLOTS   128 /* two generations of CONFIG_MAX_WORKERS during a reload */
 
 enum health_state {
@@ -53,6 +53,10 @@ enum health_auth_event {
     AUTH_EV_LOGOUT,
     AUTH_EV_PASSWORD_CHANGE,
 };
+
+/* What retention deletes, counted apart (authd_store_pruned_rows_total{kind}). */
+#define HEALTH_PRUNE_KINDS 3
+enum health_prune_kind { PRUNE_SESSIONS, PRUNE_REFRESH_TOKENS, PRUNE_AUDIT };
 
 /*
  * Who holds a slot. Kept apart from the counters, densely, so that readers that only need
@@ -103,6 +107,10 @@ struct health_slot {
      */
     atomic_ullong cpu_us;
     atomic_ullong cpu_base_us;
+
+    /* Retention (worker/retention.c): records deleted by enum health_prune_kind, failures. */
+    atomic_ullong store_pruned_total[HEALTH_PRUNE_KINDS];
+    atomic_ullong store_prune_failures_total;
 };
 
 struct health {
@@ -134,6 +142,9 @@ struct health {
     atomic_ullong backup_failures_total;
     atomic_uint backup_running;
     atomic_uint backup_last_failed; /* 1 when the last attempt failed */
+
+    /* Wall-clock ms when the last retention pass finished without a failure; 0 = never. */
+    atomic_llong prune_last_success_ms;
 };
 
 /* Maps a fresh segment (zeroed). Returns NULL with errno set. */
@@ -165,6 +176,12 @@ struct health_ident {
     int64_t heartbeat_ms;
 };
 void health_slot_ident(const struct health *h, int slot, struct health_ident *out);
+
+/*
+ * The lowest slot held by a starting or ready worker of the current generation, or -1: the
+ * one worker that runs instance-wide chores (retention), without any election protocol.
+ */
+int health_first_live_slot(const struct health *h);
 
 /* True when slot `i` ever held a worker (its counters count toward the totals). */
 int health_slot_used(const struct health *h, int slot);
