@@ -8,7 +8,8 @@
  *                   revoked_at, revoke_reason, ip, user_agent, token, token_created_at, expire_at}
  *                  token = hex SHA-256 of the family's current refresh token
  *   refresh_tokens {hash, session_id, state: "rotated", created_at, rotated_at, expire_at}
- *                  the family's rotated hashes, kept for reuse detection until TTL removes them
+ *                  the family's rotated hashes, kept for reuse detection until retention
+ *                  (mongo_prune_sessions) or the TTL index removes them
  *   audit_events   {at, event, result, user_id, ip, user_agent, request_id, detail}
  *   authd_meta     {name: "schema", version}
  * Times are int64 seconds like the other drivers; expire_at is a BSON date for the TTL indexes.
