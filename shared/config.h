@@ -117,6 +117,14 @@ struct config {
     } tokens;
 
     struct {
+        double sessions; /* kept this long after they ended; 0 = forever */
+        double audit;    /* audit events kept this long; 0 = forever */
+        double interval; /* between pruning passes; 0 = no pruning */
+        int batch;       /* most records deleted per store call (one short transaction) */
+        double pause;    /* between two batches of a pass */
+    } retention;
+
+    struct {
         char *directory;
         int keep;
         double max_age;

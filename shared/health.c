@@ -218,3 +218,16 @@ long health_self_rss(void)
         return -1;
     return pages_rss * sysconf(_SC_PAGESIZE);
 }
+
+int health_first_live_slot(const struct health *h)
+{
+    unsigned gen = atomic_load(&h->generation);
+
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        struct health_ident id;
+        health_slot_ident(h, i, &id);
+        if (id.generation == gen && (id.state == SLOT_STARTING || id.state == SLOT_READY))
+            return i;
+    }
+    return -1;
+}

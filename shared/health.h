@@ -54,6 +54,10 @@ enum health_auth_event {
     AUTH_EV_PASSWORD_CHANGE,
 };
 
+/* What retention deletes, counted apart (authd_store_pruned_rows_total{kind}). */
+#define HEALTH_PRUNE_KINDS 3
+enum health_prune_kind { PRUNE_SESSIONS, PRUNE_REFRESH_TOKENS, PRUNE_AUDIT };
+
 /*
  * Who holds a slot. Kept apart from the counters, densely, so that readers that only need
  * identities (every worker's /healthz bookkeeping, the watchdog) touch two pages, not one page
@@ -103,6 +107,10 @@ struct health_slot {
      */
     atomic_ullong cpu_us;
     atomic_ullong cpu_base_us;
+
+    /* Retention (worker/retention.c): records deleted by enum health_prune_kind, failures. */
+    atomic_ullong store_pruned_total[HEALTH_PRUNE_KINDS];
+    atomic_ullong store_prune_failures_total;
 };
 
 struct health {
@@ -135,6 +143,9 @@ struct health {
     atomic_uint backup_running;
     atomic_uint backup_last_failed; /* 1 when the last attempt failed */
     atomic_uint backup_encrypted;   /* 1 when the serving configuration sets an encryption key */
+
+    /* Wall-clock ms when the last retention pass finished without a failure; 0 = never. */
+    atomic_llong prune_last_success_ms;
 };
 
 /* Maps a fresh segment (zeroed). Returns NULL with errno set. */
@@ -166,6 +177,12 @@ struct health_ident {
     int64_t heartbeat_ms;
 };
 void health_slot_ident(const struct health *h, int slot, struct health_ident *out);
+
+/*
+ * The lowest slot held by a starting or ready worker of the current generation, or -1: the
+ * one worker that runs instance-wide chores (retention), without any election protocol.
+ */
+int health_first_live_slot(const struct health *h);
 
 /* True when slot `i` ever held a worker (its counters count toward the totals). */
 int health_slot_used(const struct health *h, int slot);

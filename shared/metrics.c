@@ -224,6 +224,31 @@ static void render_backup(FILE *f, const struct health *h)
                  (long long)LOAD(h->backup_encrypted));
 }
 
+/* Retention (worker/retention.c): counters summed over every slot that ever held a worker. */
+static void render_retention(FILE *f, const struct health *h)
+{
+    static const char *const kinds[HEALTH_PRUNE_KINDS] = {"sessions", "refresh_tokens", "audit"};
+    unsigned long long pruned[HEALTH_PRUNE_KINDS] = {0}, failures = 0;
+
+    for (int i = 0; i < HEALTH_SLOTS; i++) {
+        if (!health_slot_used(h, i))
+            continue;
+        for (int k = 0; k < HEALTH_PRUNE_KINDS; k++)
+            pruned[k] += LOAD(h->slot[i].store_pruned_total[k]);
+        failures += LOAD(h->slot[i].store_prune_failures_total);
+    }
+    metric_head(f, "authd_store_pruned_rows_total", "counter",
+                "Store records deleted by retention, by kind.");
+    for (int k = 0; k < HEALTH_PRUNE_KINDS; k++)
+        fprintf(f, "authd_store_pruned_rows_total{kind=\"%s\"} %llu\n", kinds[k], pruned[k]);
+    render_gauge(f, "authd_store_prune_failures_total", "counter",
+                 "Retention steps that failed (the store call returned an error).",
+                 (long long)failures);
+    render_gauge(f, "authd_store_prune_last_success_timestamp_seconds", "gauge",
+                 "Unix time the last retention pass finished without a failure (0: none yet).",
+                 (long long)(LOAD(h->prune_last_success_ms) / 1000));
+}
+
 /*
  * The standard process_* metrics, for authd as a whole (master + workers + backup children),
  * so that one scrape answers "how much CPU and memory does authd use" without cAdvisor.
@@ -300,6 +325,7 @@ char *metrics_render(const struct health *h, size_t *len_r)
                  (long long)(LOAD(h->started_ms) / 1000));
     render_process(f, h);
     render_backup(f, h);
+    render_retention(f, h);
     free(t);
     fclose(f);
     *len_r = len;

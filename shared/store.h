@@ -148,6 +148,23 @@ struct store_driver {
     enum store_status (*restore)(struct store *st, store_next_fn next, void *ctx);
     /* Number of users (restore refuses a non-empty store without --force). */
     enum store_status (*count_users)(struct store *st, int64_t *count_r);
+
+    /*
+     * Retention (docs/architecture.md, "Retention"). Each call is one short batch that deletes
+     * at most `batch` records in all; the caller repeats while a call deleted `batch`.
+     *
+     * prune_sessions: sessions that ended before `before` (the earliest of revoked_at,
+     * idle_expires_at and expires_at: when it stopped being usable) with every refresh-token
+     * hash of their family, hashes first, so a family goes only once its hashes are gone. A
+     * session that has not ended keeps every hash (reuse detection needs the rotated ones for
+     * as long as the family can be presented). *sessions_r and *tokens_r: records deleted
+     * (the stored hashes: SQLite keeps the current one as a row, MongoDB in the session).
+     * prune_audit: audit events with at < `before`; *count_r: how many.
+     * On ERROR the counts still say what was deleted before the failure.
+     */
+    enum store_status (*prune_sessions)(struct store *st, int64_t before, int batch,
+                                        int64_t *sessions_r, int64_t *tokens_r);
+    enum store_status (*prune_audit)(struct store *st, int64_t before, int batch, int64_t *count_r);
 };
 
 /* The driver named `name` ("sqlite"), or NULL. */

@@ -8,7 +8,8 @@
  *                   revoked_at, revoke_reason, ip, user_agent, token, token_created_at, expire_at}
  *                  token = hex SHA-256 of the family's current refresh token
  *   refresh_tokens {hash, session_id, state: "rotated", created_at, rotated_at, expire_at}
- *                  the family's rotated hashes, kept for reuse detection until TTL removes them
+ *                  the family's rotated hashes, kept for reuse detection until retention
+ *                  (mongo_prune_sessions) or the TTL index removes them
  *   audit_events   {at, event, result, user_id, ip, user_agent, request_id, detail}
  *   authd_meta     {name: "schema", version}
  * Times are int64 seconds like the other drivers; expire_at is a BSON date for the TTL indexes.
@@ -64,6 +65,10 @@ static const struct index_def {
     {C_TOKENS, "expire_at_ttl", "{\"expire_at\": 1}", 0, 0, 1},
     {C_AUDIT, "user_at", "{\"user_id\": 1, \"at\": 1}", 0, 0, 0},
     {C_META, "name_unique", "{\"name\": 1}", 1, 0, 0},
+    /* Retention (mongo_prune_*): ended sessions and old audit events by time. */
+    {C_SESSIONS, "idle_expires_at", "{\"idle_expires_at\": 1}", 0, 0, 0},
+    {C_SESSIONS, "revoked_at", "{\"revoked_at\": 1}", 0, 0, 0},
+    {C_AUDIT, "at", "{\"at\": 1}", 0, 0, 0},
 };
 
 /* ---- process-wide pools ---- */
@@ -1977,6 +1982,150 @@ static enum store_status mongo_count_users(struct store *st, int64_t *count_r)
     return ok ? STORE_OK : STORE_ERROR;
 }
 
+/* ---- retention (store.h: prune_sessions, prune_audit) ---- */
+
+/*
+ * Sessions that ended before `before`: revoked, idle-expired or expired (expire_at, the TTL
+ * index's date, is expires_at). Every branch of the $or has its index, so the server can use
+ * them all (an unindexed branch would make it scan the collection).
+ */
+static bson_t *ended_filter(int64_t before)
+{
+    return BCON_NEW("$or", "[", "{", "idle_expires_at", "{", "$lt", BCON_INT64(before), "}", "}",
+                    "{", "revoked_at", "{", "$lt", BCON_INT64(before), "}", "}", "{", "expire_at",
+                    "{", "$lt", BCON_DATE_TIME(before * 1000), "}", "}", "]");
+}
+
+/*
+ * Appends to the array `out` the `field` value of at most `limit` documents of `c` matching
+ * `filter`. The number appended, or -1 logged.
+ */
+static int64_t collect_keys(struct conn *k, enum coll c, const bson_t *filter, const char *field,
+                            int64_t limit, bson_t *out, const char *what)
+{
+    bson_t *opts =
+        BCON_NEW("projection", "{", field, BCON_INT32(1), "}", "limit", BCON_INT64(limit));
+    mongoc_cursor_t *cur;
+    const bson_t *doc;
+    bson_error_t e;
+    bson_iter_t it;
+    int64_t n = 0;
+
+    if (k->client == NULL) {
+        bson_destroy(opts);
+        return -1;
+    }
+    cur = mongoc_collection_find_with_opts(coll(k, c), filter, opts, NULL);
+    while (n < limit && mongoc_cursor_next(cur, &doc)) {
+        char idx[24];
+        const char *key;
+        if (!bson_iter_init_find(&it, doc, field))
+            continue;
+        bson_uint32_to_string((uint32_t)n, &key, idx, sizeof(idx));
+        bson_append_iter(out, key, -1, &it);
+        n++;
+    }
+    if (mongoc_cursor_error(cur, &e)) {
+        note_error(k, what, &e);
+        n = -1;
+    }
+    mongoc_cursor_destroy(cur);
+    bson_destroy(opts);
+    return n;
+}
+
+/*
+ * deleteMany {field: {$in: the first `max` values of keys}} plus the conditions of `also` (may
+ * be NULL). The number deleted, or -1 logged.
+ */
+static int64_t delete_in(struct conn *k, enum coll c, const char *field, const bson_t *keys,
+                         int64_t max, const bson_t *also, const char *what)
+{
+    bson_t filter = BSON_INITIALIZER, cond, in, reply;
+    bson_iter_t it;
+    bson_error_t e;
+    int64_t n = 0;
+
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, field, &cond);
+    BSON_APPEND_ARRAY_BEGIN(&cond, "$in", &in);
+    if (bson_iter_init(&it, keys))
+        while (n < max && bson_iter_next(&it)) {
+            char idx[24];
+            const char *key;
+            bson_uint32_to_string((uint32_t)n++, &key, idx, sizeof(idx));
+            bson_append_iter(&in, key, -1, &it);
+        }
+    bson_append_array_end(&cond, &in);
+    bson_append_document_end(&filter, &cond);
+    if (also != NULL)
+        bson_concat(&filter, also);
+    n = -1;
+    if (k->client != NULL && mongoc_collection_delete_many(coll(k, c), &filter, NULL, &reply, &e))
+        n = doc_int(&reply, "deletedCount");
+    else if (k->client != NULL)
+        note_error(k, what, &e);
+    if (k->client != NULL)
+        bson_destroy(&reply);
+    bson_destroy(&filter);
+    return n;
+}
+
+/*
+ * At most `batch` ended sessions are looked at; at most `batch` of their rotated hashes go;
+ * when fewer than `batch` were left, every hash of those sessions is gone and as many sessions
+ * as the batch still allows go too (re-checked against ended_filter in the delete itself).
+ */
+static enum store_status mongo_prune_sessions(struct store *st, int64_t before, int batch,
+                                              int64_t *sessions_r, int64_t *tokens_r)
+{
+    bson_t *ended = ended_filter(before), ids = BSON_INITIALIZER, oids = BSON_INITIALIZER;
+    bson_t *of = NULL;
+    int64_t ns = 0, nt = 0, dt = 0, ds = 0;
+    struct conn k;
+
+    *sessions_r = *tokens_r = 0;
+    conn_begin(&k, st);
+    if (batch > 0)
+        ns = collect_keys(&k, C_SESSIONS, ended, "id", batch, &ids, "prune: ended sessions");
+    if (ns > 0) {
+        of = BCON_NEW("session_id", "{", "$in", BCON_ARRAY(&ids), "}");
+        nt = collect_keys(&k, C_TOKENS, of, "_id", batch, &oids, "prune: refresh tokens");
+    }
+    if (nt > 0)
+        dt = delete_in(&k, C_TOKENS, "_id", &oids, nt, NULL, "prune: delete refresh tokens");
+    if (ns > 0 && nt >= 0 && nt < batch && dt >= 0)
+        ds = delete_in(&k, C_SESSIONS, "id", &ids, batch - nt, ended, "prune: delete sessions");
+    conn_end(&k);
+    if (of != NULL)
+        bson_destroy(of);
+    bson_destroy(&oids);
+    bson_destroy(&ids);
+    bson_destroy(ended);
+    *tokens_r = dt > 0 ? dt : 0;
+    *sessions_r = ds > 0 ? ds : 0;
+    return ns < 0 || nt < 0 || dt < 0 || ds < 0 ? STORE_ERROR : STORE_OK;
+}
+
+static enum store_status mongo_prune_audit(struct store *st, int64_t before, int batch,
+                                           int64_t *count_r)
+{
+    bson_t *old = BCON_NEW("at", "{", "$lt", BCON_INT64(before), "}"), oids = BSON_INITIALIZER;
+    int64_t n = 0, d = 0;
+    struct conn k;
+
+    *count_r = 0;
+    conn_begin(&k, st);
+    if (batch > 0)
+        n = collect_keys(&k, C_AUDIT, old, "_id", batch, &oids, "prune: old audit events");
+    if (n > 0)
+        d = delete_in(&k, C_AUDIT, "_id", &oids, n, NULL, "prune: delete audit events");
+    conn_end(&k);
+    bson_destroy(&oids);
+    bson_destroy(old);
+    *count_r = d > 0 ? d : 0;
+    return n < 0 || d < 0 ? STORE_ERROR : STORE_OK;
+}
+
 const struct store_driver store_mongo_driver = {
     .name = "mongo",
     .open = mongo_open,
@@ -1997,4 +2146,6 @@ const struct store_driver store_mongo_driver = {
     .dump = mongo_dump,
     .restore = mongo_restore,
     .count_users = mongo_count_users,
+    .prune_sessions = mongo_prune_sessions,
+    .prune_audit = mongo_prune_audit,
 };

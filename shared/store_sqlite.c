@@ -34,6 +34,12 @@
 #define NO_LIMIT       ((size_t)1 << 30)
 #define AUDIT_TEXT_MAX 1024 /* event, result, user_id, request_id, detail */
 
+/*
+ * When a session ended: the earliest of its revocation, idle expiry and absolute expiry. The
+ * prune statements must spell it exactly so, for SQLite to use the index on this expression.
+ */
+#define SESSION_ENDED_AT "min(idle_expires_at, expires_at, coalesce(revoked_at, expires_at))"
+
 /* Migration i takes a file from user_version i to i + 1. Never edit one that has shipped. */
 static const char *const migrations[] = {
     /* 1: users, sessions (refresh-token families), refresh-token hashes, audit events */
@@ -76,6 +82,9 @@ static const char *const migrations[] = {
     "CREATE INDEX audit_events_user_at ON audit_events(user_id, at);",
     /* 2: emails in today's normalized form (no SQL: emails_renormalize runs after it) */
     "",
+    /* 3: retention (sqlite_prune_*): ended sessions and old audit events by time */
+    "CREATE INDEX sessions_ended_at ON sessions(" SESSION_ENDED_AT ");"
+    "CREATE INDEX audit_events_at ON audit_events(at);",
 };
 #define MIGRATION_EMAILS 2
 
@@ -942,6 +951,81 @@ static enum store_status sqlite_audit_append(struct store *st, const struct stor
     return run(st, q) < 0 ? STORE_ERROR : STORE_OK;
 }
 
+/* ---- retention (store.h: prune_sessions, prune_audit) ---- */
+
+/*
+ * The hashes of ended sessions, then ended sessions left without hashes (so the foreign key's
+ * cascade deletes nothing more), then old audit events; ?1 = before, ?2 = limit. The first two
+ * walk the sessions_ended_at index, the third audit_events_at (migration 2).
+ */
+#define PRUNE_TOKENS_SQL                                                                           \
+    "DELETE FROM refresh_tokens WHERE rowid IN (SELECT t.rowid FROM sessions"                      \
+    " JOIN refresh_tokens t ON t.session_id = sessions.id WHERE " SESSION_ENDED_AT " < ?1"         \
+    " LIMIT ?2)"
+#define PRUNE_SESSIONS_SQL                                                                         \
+    "DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions WHERE " SESSION_ENDED_AT      \
+    " < ?1 AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = sessions.id)"       \
+    " LIMIT ?2)"
+#define PRUNE_AUDIT_SQL                                                                            \
+    "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE at < ?1"              \
+    " ORDER BY at LIMIT ?2)"
+
+/*
+ * Runs one DELETE (parameters before, limit), prepared for this call only: pruning runs a few
+ * times per interval, not worth a statement kept on every connection. 0 with the rows deleted
+ * in *n_r, or -1 logged.
+ */
+static int prune_exec(struct store *st, const char *what, const char *sql, int64_t before,
+                      int64_t limit, int64_t *n_r)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, sql, -1, &q, NULL);
+
+    if (rc == SQLITE_OK && (rc = sqlite3_bind_int64(q, 1, before)) == SQLITE_OK &&
+        (rc = sqlite3_bind_int64(q, 2, limit)) == SQLITE_OK)
+        rc = sqlite3_step(q);
+    if (rc == SQLITE_DONE)
+        *n_r = sqlite3_changes(st->db);
+    else
+        log_error("sqlite3_step(%s): %s", what, sqlite3_errmsg(st->db));
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* One BEGIN IMMEDIATE transaction of at most `batch` deletions: hashes first, then sessions. */
+static enum store_status sqlite_prune_sessions(struct store *st, int64_t before, int batch,
+                                               int64_t *sessions_r, int64_t *tokens_r)
+{
+    int64_t t = 0, s = 0;
+
+    *sessions_r = *tokens_r = 0;
+    if (batch <= 0)
+        return STORE_OK;
+    if (run(st, S_BEGIN) < 0)
+        return STORE_ERROR;
+    if (prune_exec(st, "prune_tokens", PRUNE_TOKENS_SQL, before, batch, &t) < 0 ||
+        (t < batch &&
+         prune_exec(st, "prune_sessions", PRUNE_SESSIONS_SQL, before, batch - t, &s) < 0)) {
+        tx_rollback(st);
+        return STORE_ERROR;
+    }
+    if (tx_commit(st) < 0)
+        return STORE_ERROR;
+    *sessions_r = s;
+    *tokens_r = t;
+    return STORE_OK;
+}
+
+static enum store_status sqlite_prune_audit(struct store *st, int64_t before, int batch,
+                                            int64_t *count_r)
+{
+    *count_r = 0;
+    if (batch <= 0)
+        return STORE_OK;
+    return prune_exec(st, "prune_audit", PRUNE_AUDIT_SQL, before, batch, count_r) < 0 ? STORE_ERROR
+                                                                                      : STORE_OK;
+}
+
 /* ---- backup: dump, restore, count ---- */
 
 static const char *const backup_tables[] = {STORE_COLLECTIONS};
@@ -1374,4 +1458,6 @@ const struct store_driver store_sqlite_driver = {
     .dump = sqlite_dump,
     .restore = sqlite_restore,
     .count_users = sqlite_count_users,
+    .prune_sessions = sqlite_prune_sessions,
+    .prune_audit = sqlite_prune_audit,
 };

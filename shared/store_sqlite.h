@@ -10,7 +10,7 @@
 #include "shared/store.h"
 
 /* The schema version this code writes; a file with a higher one is refused. */
-#define STORE_SQLITE_SCHEMA_VERSION 2
+#define STORE_SQLITE_SCHEMA_VERSION 3
 
 extern const struct store_driver store_sqlite_driver;
 

@@ -15,6 +15,7 @@
 #include "worker/api.h"
 #include "worker/http.h"
 #include "worker/offload.h"
+#include "worker/retention.h"
 #include "worker/router.h"
 
 static const struct timeval *seconds_tv(double s, struct timeval *tv)
@@ -186,6 +187,8 @@ static int worker_setup(struct worker *w, SSL_CTX *ssl, int public_fd, int admin
     }
     if ((w->rl = ratelimit_new(w->cfg, w->base, w->hs)) == NULL)
         return -1;
+    if ((w->retention = retention_new(w)) == NULL)
+        return -1;
     if (add_listener(w, 0, public_fd, ssl) < 0 ||
         (admin_fd >= 0 && add_listener(w, 1, admin_fd, NULL) < 0))
         return -1;
@@ -211,6 +214,7 @@ static void worker_teardown(struct worker *w)
     ratelimit_shutdown(w->rl); /* answers checks waiting on Redis, before the pools go */
     offload_free(w->offload);  /* runs pending completions, which free their connections */
     offload_free(w->store_pool);
+    retention_free(w->retention); /* after the pool: no step runs any more */
     ratelimit_free(w->rl);
     api_cache_clear();
     for (int i = 0; i < 2; i++)

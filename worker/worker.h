@@ -22,6 +22,7 @@ struct http_conn;
 struct offload;
 struct auth;
 struct ratelimit;
+struct retention;
 
 struct worker_listener {
     struct worker *w;
@@ -37,9 +38,10 @@ struct worker {
     struct health_slot *hs;
     struct event_base *base;
     const struct auth *auth;
-    struct offload *offload;    /* password hashing */
-    struct offload *store_pool; /* store calls */
-    struct ratelimit *rl;       /* rate limits and account lockout */
+    struct offload *offload;     /* password hashing */
+    struct offload *store_pool;  /* store calls */
+    struct ratelimit *rl;        /* rate limits and account lockout */
+    struct retention *retention; /* pruning of the store (one worker of a generation) */
     struct worker_listener listeners[2];
     TAILQ_HEAD(, http_conn) conns;
     int nconns;

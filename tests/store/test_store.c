@@ -1040,6 +1040,134 @@ static void email_migration(void **state)
     assert_null(strstr(log, "bcher"));
     assert_int_equal(strstr(strstr(log, "re-normalized") + 1, "re-normalized"), NULL);
     free(log);
+/* ---- common tests: retention ---- */
+
+/* Records of each collection in a dump: users, sessions, refresh_tokens, audit_events. */
+static void count_records(struct fixture *fx, int64_t n[4])
+{
+    static const char *const names[4] = {STORE_COLLECTIONS};
+    struct records r;
+
+    dump_into(fx, &r);
+    memset(n, 0, 4 * sizeof(n[0]));
+    for (size_t i = 0; i < r.n; i++)
+        for (int c = 0; c < 4; c++)
+            if (strncmp(r.line[i], names[c], strlen(names[c])) == 0 &&
+                r.line[i][strlen(names[c])] == '\t')
+                n[c]++;
+    records_free(&r);
+}
+
+/* prune_sessions until a call deletes nothing; asserts every call kept within `batch`. */
+static void prune_all(struct fixture *fx, int64_t before, int batch, int64_t *sessions_r,
+                      int64_t *tokens_r)
+{
+    int64_t s, t;
+    int calls = 0;
+
+    *sessions_r = *tokens_r = 0;
+    do {
+        assert_int_equal(fx->drv->prune_sessions(fx->st, before, batch, &s, &t), STORE_OK);
+        assert_true(s >= 0 && t >= 0 && s + t <= batch);
+        *sessions_r += s;
+        *tokens_r += t;
+        assert_true(++calls < 1000);
+    } while (s + t > 0);
+}
+
+/*
+ * Sessions that ended (idle expiry, logout) before the cutoff go with their hashes: their
+ * rotated tokens are unknown afterwards. Sessions that are live, or ended after the cutoff,
+ * stay whole, and reuse of a live family's rotated token is still detected.
+ */
+static void prune_sessions_ended(void **state)
+{
+    struct fixture *fx = *state;
+    const int64_t before = T0 + 2 * IDLE;
+    struct store_user u;
+    struct store_session idle, out, live, late, r;
+    int64_t n[4], ps, pt;
+    uint8_t h[32];
+
+    new_user(fx, "pruned@example.com", &u);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 1, &idle); /* ends at T0 + 20 + IDLE */
+    assert_int_equal(rotate(fx, 1, 2, T0 + 10, &r), STORE_OK);
+    assert_int_equal(rotate(fx, 2, 3, T0 + 20, &r), STORE_OK);
+    new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 10, &out); /* logged out at T0 + 30 */
+    assert_int_equal(rotate(fx, 10, 11, T0 + 10, &r), STORE_OK);
+    hash_of(11, h);
+    assert_int_equal(fx->drv->session_revoke_token(fx->st, h, T0 + 30, &r), STORE_OK);
+    new_session(fx, u.id, T0 + IDLE, T0 + 2 * IDLE, T0 + TTL, 20, &live);
+    assert_int_equal(rotate(fx, 20, 21, T0 + IDLE + 10, &r), STORE_OK);
+    new_session(fx, u.id, T0 + IDLE, T0 + 3 * IDLE, T0 + TTL, 30, &late);
+    hash_of(30, h);
+    assert_int_equal(fx->drv->session_revoke_token(fx->st, h, before + 5, &r), STORE_OK);
+    count_records(fx, n);
+    assert_int_equal(n[1], 4);
+    assert_int_equal(n[2], 3 + 2 + 2 + 1);
+
+    prune_all(fx, before, 100, &ps, &pt);
+    assert_int_equal(ps, 2);
+    assert_true(pt >= 3 && pt <= 5); /* rotated 1, 2, 10; current 3, 11 where they are rows */
+    count_records(fx, n);
+    assert_int_equal(n[0], 1);
+    assert_int_equal(n[1], 2);
+    assert_int_equal(n[2], 2 + 1); /* live: 20 rotated, 21 current; late: 30 */
+
+    /* The pruned families are unknown now, no longer "reused" or "expired". */
+    assert_int_equal(rotate(fx, 1, 50, before, &r), STORE_NOT_FOUND);
+    assert_int_equal(rotate(fx, 3, 51, before, &r), STORE_NOT_FOUND);
+    assert_int_equal(rotate(fx, 10, 52, before, &r), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->session_get(fx->st, idle.id, before, &r), STORE_NOT_FOUND);
+    assert_int_equal(fx->drv->session_get(fx->st, out.id, before, &r), STORE_NOT_FOUND);
+    /* Ended after the cutoff: kept (revoked, so EXPIRED, not NOT_FOUND). */
+    assert_int_equal(fx->drv->session_get(fx->st, late.id, before, &r), STORE_EXPIRED);
+    /* The live family rotates on, and replaying its rotated token is still reuse. */
+    assert_int_equal(fx->drv->session_get(fx->st, live.id, before, &r), STORE_OK);
+    assert_int_equal(rotate(fx, 21, 22, before, &r), STORE_OK);
+    assert_int_equal(rotate(fx, 20, 53, before + 1, &r), STORE_REUSED);
+    assert_string_equal(r.id, live.id);
+}
+
+/* A call deletes at most `batch` records of each kind, and repeated calls finish the job. */
+static void prune_batches_bounded(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_user u;
+    struct store_session s, r;
+    struct store_audit a = {.event = "login", .result = "success"};
+    int64_t n[4], ps, pt, got[5];
+    uint8_t h[32];
+
+    new_user(fx, "batch@example.com", &u);
+    for (unsigned i = 0; i < 6; i++) {
+        new_session(fx, u.id, T0, T0 + IDLE, T0 + TTL, 100 + 10 * i, &s);
+        assert_int_equal(rotate(fx, 100 + 10 * i, 101 + 10 * i, T0 + 1, &r), STORE_OK);
+        assert_int_equal(rotate(fx, 101 + 10 * i, 102 + 10 * i, T0 + 2, &r), STORE_OK);
+        hash_of(102 + 10 * i, h);
+        assert_int_equal(fx->drv->session_revoke_token(fx->st, h, T0 + 3, &r), STORE_OK);
+    }
+    assert_int_equal(fx->drv->prune_sessions(fx->st, T0 + 4, 0, &ps, &pt), STORE_OK);
+    assert_int_equal(ps + pt, 0);
+    prune_all(fx, T0 + 4, 4, &ps, &pt);
+    assert_int_equal(ps, 6);
+    assert_true(pt >= 6 * 2 && pt <= 6 * 3);
+    count_records(fx, n);
+    assert_int_equal(n[1] + n[2], 0);
+
+    for (int i = 0; i < 9; i++) {
+        a.at = i < 7 ? T0 + i : T0 + 100 + i;
+        assert_int_equal(fx->drv->audit_append(fx->st, &a), STORE_OK);
+    }
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(fx->drv->prune_audit(fx->st, T0 + 50, 3, &got[i]), STORE_OK);
+    assert_int_equal(got[0], 3);
+    assert_int_equal(got[1], 3);
+    assert_int_equal(got[2], 1);
+    assert_int_equal(got[3], 0);
+    count_records(fx, n);
+    assert_int_equal(n[3], 2);
+    assert_int_equal(n[0], 1);
 }
 
 static const struct {
@@ -1068,6 +1196,8 @@ static const struct {
     {"concurrent_rotate", concurrent_rotate},
     {"backup_round_trip", backup_round_trip},
     {"restore_malformed_keeps_content", restore_malformed_keeps_content},
+    {"prune_sessions_ended", prune_sessions_ended},
+    {"prune_batches_bounded", prune_batches_bounded},
 };
 
 /* ---- sqlite backend ---- */
@@ -1424,13 +1554,64 @@ out:
     sqlite3_finalize(q);
     sqlite3_close(db);
     return rc;
+/* The whole EXPLAIN QUERY PLAN of `sql`, its detail column joined by "; ". */
+static void raw_plan(sqlite3 *db, const char *sql, char *buf, size_t len)
+{
+    sqlite3_stmt *q = NULL;
+    char ex[1024];
+    size_t used = 0;
+
+    snprintf(ex, sizeof(ex), "EXPLAIN QUERY PLAN %s", sql);
+    if (sqlite3_prepare_v2(db, ex, -1, &q, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", ex, sqlite3_errmsg(db));
+    buf[0] = '\0';
+    while (sqlite3_step(q) == SQLITE_ROW && used < len)
+        used += (size_t)snprintf(buf + used, len - used, "%s; ", sqlite3_column_text(q, 3));
+    sqlite3_finalize(q);
+}
+
+/*
+ * Migration 3 adds the retention indexes to a version 1 file, and the pruning queries (as
+ * store_sqlite.c spells them) search those indexes instead of scanning the tables.
+ */
+static void sqlite_prune_uses_indexes(void **state)
+{
+    struct fixture *fx = *state;
+    sqlite3 *db = raw_open(fx);
+    char plan[1024];
+
+    raw_exec(db, "DROP INDEX sessions_ended_at; DROP INDEX audit_events_at;"
+                 " PRAGMA user_version = 1");
+    sqlite3_close(db);
+    close_store(fx);
+    open_store(fx);
+    db = raw_open(fx);
+    assert_int_equal(raw_query(db, "PRAGMA user_version", NULL, 0), 2);
+    raw_plan(db,
+             "SELECT t.rowid FROM sessions JOIN refresh_tokens t ON t.session_id = sessions.id"
+             " WHERE min(idle_expires_at, expires_at, coalesce(revoked_at, expires_at)) < 5"
+             " LIMIT 10",
+             plan, sizeof(plan));
+    assert_contains(plan, "INDEX sessions_ended_at");
+    assert_contains(plan, "INDEX refresh_tokens_session_id");
+    raw_plan(db,
+             "SELECT rowid FROM sessions WHERE min(idle_expires_at, expires_at,"
+             " coalesce(revoked_at, expires_at)) < 5 AND NOT EXISTS (SELECT 1 FROM"
+             " refresh_tokens t WHERE t.session_id = sessions.id) LIMIT 10",
+             plan, sizeof(plan));
+    assert_contains(plan, "INDEX sessions_ended_at");
+    raw_plan(db, "SELECT id FROM audit_events WHERE at < 5 ORDER BY at LIMIT 10", plan,
+             sizeof(plan));
+    assert_contains(plan, "INDEX audit_events_at");
+    sqlite3_close(db);
 }
 
 static const struct CMUnitTest sqlite_tests[] = {
-    cmocka_unit_test(sqlite_schema_and_pragmas),    cmocka_unit_test(sqlite_migrations_idempotent),
-    cmocka_unit_test(sqlite_newer_version_refused), cmocka_unit_test(sqlite_unmigrated_refused),
-    cmocka_unit_test(sqlite_not_a_database),        cmocka_unit_test(sqlite_token_rows_and_reasons),
-    cmocka_unit_test(sqlite_long_rows_truncated),   cmocka_unit_test(sqlite_concurrent_first_open),
+    cmocka_unit_test(sqlite_prune_uses_indexes),     cmocka_unit_test(sqlite_schema_and_pragmas),
+    cmocka_unit_test(sqlite_migrations_idempotent),  cmocka_unit_test(sqlite_newer_version_refused),
+    cmocka_unit_test(sqlite_unmigrated_refused),     cmocka_unit_test(sqlite_not_a_database),
+    cmocka_unit_test(sqlite_token_rows_and_reasons), cmocka_unit_test(sqlite_long_rows_truncated),
+    cmocka_unit_test(sqlite_concurrent_first_open),
 };
 
 /* ---- mongo backend ---- */
@@ -1628,6 +1809,9 @@ static void mongo_indexes(void **state)
                 {"refresh_tokens", "hash_unique", 1, 0},
                 {"refresh_tokens", "expire_at_ttl", 0, 1},
                 {"audit_events", "user_at", 0, 0},
+                {"sessions", "idle_expires_at", 0, 0},
+                {"sessions", "revoked_at", 0, 0},
+                {"audit_events", "at", 0, 0},
                 {"authd_meta", "name_unique", 1, 0}};
     struct fixture *fx = *state;
     mongoc_client_t *c = raw_client();

@@ -383,6 +383,54 @@ static void render_gauges(void **state)
     free(text);
 }
 
+/* The retention worker: the lowest live slot of the current generation, whatever the order. */
+static void first_live_slot(void **state)
+{
+    struct health *h = *state;
+    int a, b, c;
+
+    assert_int_equal(health_first_live_slot(h), -1);
+    atomic_store(&h->generation, 2);
+    a = health_slot_claim(h, 1, 0); /* an old generation's worker */
+    b = health_slot_claim(h, 2, 0);
+    c = health_slot_claim(h, 2, 0);
+    assert_true(a < b && b < c);
+    assert_int_equal(health_first_live_slot(h), b); /* starting counts: it will serve */
+    health_slot_state(h, b, SLOT_DRAINING);
+    assert_int_equal(health_first_live_slot(h), c);
+    health_slot_release(h, b);
+    health_slot_state(h, c, SLOT_READY);
+    assert_int_equal(health_first_live_slot(h), c);
+    b = health_slot_claim(h, 2, 0); /* a respawn takes the lower slot back */
+    assert_int_equal(health_first_live_slot(h), b);
+    atomic_store(&h->generation, 1); /* a rolled-back reload: the old generation again */
+    assert_int_equal(health_first_live_slot(h), a);
+}
+
+/* Pruned records are counted by kind over every slot, including released ones. */
+static void render_retention(void **state)
+{
+    struct health *h = *state;
+    int a = health_slot_claim(h, 1, 0), b = health_slot_claim(h, 1, 0);
+    size_t len;
+
+    atomic_store(&h->slot[a].store_pruned_total[PRUNE_SESSIONS], 5);
+    atomic_store(&h->slot[b].store_pruned_total[PRUNE_SESSIONS], 2);
+    atomic_store(&h->slot[a].store_pruned_total[PRUNE_REFRESH_TOKENS], 40);
+    atomic_store(&h->slot[b].store_pruned_total[PRUNE_AUDIT], 9);
+    atomic_store(&h->slot[b].store_prune_failures_total, 1);
+    health_slot_release(h, b);
+    atomic_store(&h->prune_last_success_ms, 1700000000123LL);
+    char *text = metrics_render(h, &len);
+    assert_contains(text, "# TYPE authd_store_pruned_rows_total counter\n");
+    assert_contains(text, "\nauthd_store_pruned_rows_total{kind=\"sessions\"} 7\n");
+    assert_contains(text, "\nauthd_store_pruned_rows_total{kind=\"refresh_tokens\"} 40\n");
+    assert_contains(text, "\nauthd_store_pruned_rows_total{kind=\"audit\"} 9\n");
+    assert_contains(text, "\nauthd_store_prune_failures_total 1\n");
+    assert_contains(text, "\nauthd_store_prune_last_success_timestamp_seconds 1700000000\n");
+    free(text);
+}
+
 static void status_json(void **state)
 {
     struct health *h = *state;
@@ -514,6 +562,8 @@ int main(void)
         T(count_request_routes),
         T(render_requests_and_histogram),
         T(render_gauges),
+        T(first_live_slot),
+        T(render_retention),
         T(status_json),
         T(status_json_no_workers),
         T(status_text),
