@@ -1040,6 +1040,8 @@ static void email_migration(void **state)
     assert_null(strstr(log, "bcher"));
     assert_int_equal(strstr(strstr(log, "re-normalized") + 1, "re-normalized"), NULL);
     free(log);
+}
+
 /* ---- common tests: retention ---- */
 
 /* Records of each collection in a dump: users, sessions, refresh_tokens, audit_events. */
@@ -1554,6 +1556,8 @@ out:
     sqlite3_finalize(q);
     sqlite3_close(db);
     return rc;
+}
+
 /* The whole EXPLAIN QUERY PLAN of `sql`, its detail column joined by "; ". */
 static void raw_plan(sqlite3 *db, const char *sql, char *buf, size_t len)
 {
@@ -1586,7 +1590,7 @@ static void sqlite_prune_uses_indexes(void **state)
     close_store(fx);
     open_store(fx);
     db = raw_open(fx);
-    assert_int_equal(raw_query(db, "PRAGMA user_version", NULL, 0), 2);
+    assert_int_equal(raw_query(db, "PRAGMA user_version", NULL, 0), STORE_SQLITE_SCHEMA_VERSION);
     raw_plan(db,
              "SELECT t.rowid FROM sessions JOIN refresh_tokens t ON t.session_id = sessions.id"
              " WHERE min(idle_expires_at, expires_at, coalesce(revoked_at, expires_at)) < 5"

@@ -512,11 +512,13 @@ static void status_text(void **state)
     assert_contains(nl + 1, "STATE");
     assert_contains(text, " 4321 ");
     assert_contains(text, " ready ");
-    /* Header + column header + one worker line. */
+    /* Backups not encrypted (the segment says so): said plainly, on its own line. */
+    assert_contains(text, "\nbackups: NOT ENCRYPTED: backup.encryption_key_file is not set");
+    /* Header + column header + one worker line + the backups line. */
     int lines = 0;
     for (const char *p = text; *p; p++)
         lines += *p == '\n';
-    assert_int_equal(lines, 3);
+    assert_int_equal(lines, 4);
     free(text);
 }
 
