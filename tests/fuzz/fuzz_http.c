@@ -9,9 +9,9 @@
  * combined list headers) and answers through http_reply / http_reply_json, some at once and
  * some from a later event, as offload completions do.
  *
- * Input: byte 0 = options (bit 0: admin listener), byte 1 = where to split the stream into two
- * writes (exercises partial reads), then the stream. The client's write side is shut after it,
- * and the loop runs until the connection is gone (bounded; see run_conn).
+ * Input: byte 0 = options (bit 0: admin listener; bit 2: log.access = false), byte 1 = where to
+ * split the stream into two writes (exercises partial reads), then the stream. The client's write
+ * side is shut after it, and the loop runs until the connection is gone (bounded; see run_conn).
  */
 #include <event2/event.h>
 #include <http_parser.h>
@@ -247,6 +247,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 2)
         return 0;
     int admin = data[0] & 1;
+    cfg->log.access = !(data[0] & 4);
     size_t len = size - 2, split = (size_t)data[1] * len / 256;
     const uint8_t *stream = data + 2;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
