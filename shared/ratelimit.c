@@ -529,8 +529,10 @@ void ratelimit_check(struct ratelimit *rl, int n, const enum rl_rule *rules,
 {
     struct rl_check *c = calloc(1, sizeof(*c));
 
-    if (c == NULL) { /* out of memory: let the request through rather than fail it */
-        struct rl_check none = {.rl = rl, .denied = -1};
+    if (c == NULL) { /* out of memory: nothing can be counted, so nothing is allowed */
+        struct rl_check none = {.rl = rl, .n = 1, .denied = 0};
+        none.item[0].rule = n > 0 ? rules[0] : RL_GLOBAL;
+        none.item[0].r.retry_after = 1;
         done(arg, &none);
         return;
     }

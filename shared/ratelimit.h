@@ -264,7 +264,9 @@ void ratelimit_account_key(const char *email, char out[RL_KEY_MAX]);
 
 /*
  * A check with the `n` (rule, key) pairs; `done(arg, c)` is called exactly once, possibly
- * before this returns. Never blocks the loop longer than one shm update per item.
+ * before this returns. Never blocks the loop longer than one shm update per item. A check
+ * that cannot be counted (no memory for it, or a new key the shm table cannot store) is
+ * refused, never allowed.
  */
 void ratelimit_check(struct ratelimit *rl, int n, const enum rl_rule *rules,
                      const char *const *keys, rl_done_fn *done, void *arg);

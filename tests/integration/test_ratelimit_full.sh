@@ -11,7 +11,7 @@
 #   - authd_ratelimit_store_refused_total{table="account"} counts the refusals.
 # Then the same with ratelimit.backend = "redis" on a private redis-server: Redis decides while
 # it is up (the table fills with its mirrored answers), and once that Redis is killed the shm
-# fallback keeps the property.
+# fallback keeps the property; authd warns about a Redis that would evict lockout counters.
 # Delays and periods are an hour or a day: nothing here depends on how fast requests run.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 itest_init
@@ -172,8 +172,9 @@ note "$(grep -E '^authd_ratelimit_(store_refused|shm_evictions)_total' <<<"$m" |
 # ---- redis backend: Redis decides while up, the shm fallback once it is gone ----
 server_kill
 REDIS_PORT=$(pick_port)
+# An evicting policy (never reached by this small fill): authd must warn about it.
 bg redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$T" \
-    --logfile "$T/redis.out"
+    --logfile "$T/redis.out" --maxmemory 64mb --maxmemory-policy allkeys-lru
 REDIS_PID=$BG_PID
 redis_up() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 wait_until 10 redis_up || fail "redis-server did not start on port $REDIS_PORT"
@@ -183,6 +184,8 @@ rl_check() { # the ratelimit check of /readyz
     "${CURL[@]}" "$(admin_url /readyz)" | json "d['checks']['ratelimit']"
 }
 wait_until 15 eval '[[ "$(rl_check)" == ok ]]' || fail "ratelimit not on Redis: $(rl_check)"
+policy_warned() { grep -q 'has maxmemory-policy allkeys-lru' "$SERVER_STDERR"; }
+wait_until 15 policy_warned || fail "no warning about Redis' evicting maxmemory-policy"
 register 127.0.0.130 bob@example.com "$PASS"
 register 127.0.0.130 carol@example.com "$PASS"
 fill
