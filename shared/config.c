@@ -129,7 +129,8 @@ static const struct key keys[] = {
     {"ratelimit.redis.prefix", K_STRING, OFF(ratelimit.redis_prefix), "authd:rl:", 0, 0, NULL, 0,
      "Prefix of every Redis key authd writes (at most 64 bytes)."},
     {"ratelimit.shm.slots", K_INT, OFF(ratelimit.shm_slots), "16384", 256, 4194304, NULL, 0,
-     "Entries of the host-wide shared-memory limiter table (also the Redis fallback)."},
+     "Entries of the host-wide shared-memory limiter table (also the Redis fallback): a quarter "
+     "for client addresses, the rest for accounts; see Sizing in docs/operations.md."},
     {"ratelimit.trusted_proxies", K_LIST, OFF(ratelimit.trusted_proxies), "", 0,
      CONFIG_MAX_TRUSTED_PROXIES, NULL, 0,
      "Peers (address or CIDR) whose X-Forwarded-For names the client; empty = trust none."},

@@ -334,16 +334,37 @@ struct shm_op {
     struct rl_item *it;
 };
 
-/* Eviction priority of an account entry with `failures` (see RL_PRIO_KEEP). */
-static int32_t account_prio(const struct rl_lockout *p, int64_t failures)
+/* Eviction order of an account entry with `failures`: fewest failures first (see rl_state). */
+static int16_t account_prio(int64_t failures)
 {
     if (failures < 0)
         failures = 0;
-    if (failures > RL_PRIO_KEEP - 2)
-        failures = RL_PRIO_KEEP - 2;
-    if (p->threshold > 0 && failures >= p->threshold)
-        return RL_PRIO_KEEP + (int32_t)failures;
-    return 1 + (int32_t)failures;
+    if (failures > INT16_MAX - 1)
+        failures = INT16_MAX - 1;
+    return (int16_t)(1 + failures);
+}
+
+/* Until when (wall-clock seconds) an account entry is held: while its delay or lock lasts. */
+static uint32_t account_hold(const struct rl_lockout *p, int64_t failures, int64_t last_us,
+                             int64_t now)
+{
+    int64_t wait =
+        rl_lockout_wait(p, failures > INT32_MAX ? INT32_MAX : (int)failures, now - last_us);
+
+    return wait > 0 ? (uint32_t)((now + wait + 999999) / 1000000) : 0;
+}
+
+/* st's eviction order and hold from its failures, after any change of them. */
+static void account_mark(struct rl_state *st, const struct rl_lockout *p, int64_t now)
+{
+    st->prio = account_prio(st->a);
+    st->hold_until_s = account_hold(p, st->a, st->b, now);
+}
+
+static void add_pending(struct rl_state *st, int64_t n)
+{
+    int64_t v = st->pending + n;
+    st->pending = (int16_t)(v > INT16_MAX ? INT16_MAX : v < 0 ? 0 : v);
 }
 
 static int shm_apply(struct rl_state *st, int found, int64_t now, void *arg)
@@ -362,17 +383,17 @@ static int shm_apply(struct rl_state *st, int found, int64_t now, void *arg)
                 st->a = it->pushed;
                 st->b = now - it->pushed_age_us;
             }
-            st->pending += it->pushed;
+            add_pending(st, it->pushed);
             it->pushed = 0;
             changed = 1;
         }
         int allowed = rl_account_attempt(&st->a, &st->b, now, &rl->lockout, &it->r);
         if (allowed && rl->ops != NULL)
-            st->pending++; /* Redis learns about it with the next check it answers */
+            add_pending(st, 1); /* Redis learns about it with the next check it answers */
         if (st->a == 0)
             st->pending = 0;
         st->expires_us = st->b + rl->lockout.reset_after_us;
-        st->prio = account_prio(&rl->lockout, st->a);
+        account_mark(st, &rl->lockout, now);
         return allowed || changed;
     }
     int limit = ratelimit_rule_limit(rl, it->rule, &period);
@@ -380,7 +401,19 @@ static int shm_apply(struct rl_state *st, int found, int64_t now, void *arg)
         return 0;
     st->expires_us = st->a;
     st->prio = 0;
+    st->hold_until_s = 0; /* GCRA entries are never held: the address region never refuses */
     return 1;
+}
+
+/*
+ * A new key that the table could not store is refused, never decided on a state that is then
+ * forgotten: retry once the bucket has room (its first held entry's delay ends).
+ */
+static void shm_refuse_full(struct rl_item *it, int64_t wait_us)
+{
+    memset(&it->r, 0, sizeof(it->r));
+    it->r.retry_after = (double)wait_us / 1e6;
+    it->r.reset = it->r.retry_after;
 }
 
 /* Evaluates the items in order against the shm table; stops at the first refusal. */
@@ -391,8 +424,10 @@ static void shm_eval(struct ratelimit *rl, struct rl_check *c)
     c->denied = -1;
     for (int i = 0; i < c->n; i++) {
         struct shm_op op = {rl, &c->item[i]};
-        rl_shm_update(rl->shm, rl_shm_key(rl->shm, c->item[i].rule, c->item[i].key), now, rl->pid,
-                      shm_apply, &op);
+        int64_t wait;
+        if (rl_shm_update(rl->shm, rl_shm_key(rl->shm, c->item[i].rule, c->item[i].key), now,
+                          rl->pid, shm_apply, &op, &wait) == RL_SHM_FULL)
+            shm_refuse_full(&c->item[i], wait);
         if (!c->item[i].r.allowed) {
             c->denied = i;
             return;
@@ -421,10 +456,11 @@ static int shm_mirror(struct rl_state *st, int found, int64_t now, void *arg)
     st->expires_us = m->expires;
     if (m->rule_account) {
         st->a += st->pending;
-        st->prio = account_prio(m->lockout, st->a);
+        account_mark(st, m->lockout, now);
     } else {
         st->pending = 0;
         st->prio = 0;
+        st->hold_until_s = 0;
     }
     return m->expires > now ? 1 : (found ? -1 : 0);
 }
@@ -435,7 +471,9 @@ void ratelimit_mirror(struct ratelimit *rl, const struct rl_item *it, int64_t a,
     int64_t now = ratelimit_now_us();
     struct mirror_op m = {it->rule == RL_ACCOUNT, a, b, now + ttl_us, &rl->lockout};
 
-    rl_shm_update(rl->shm, rl_shm_key(rl->shm, it->rule, it->key), now, rl->pid, shm_mirror, &m);
+    /* Not stored when the bucket is full of held accounts: a fallback then refuses this key. */
+    rl_shm_update(rl->shm, rl_shm_key(rl->shm, it->rule, it->key), now, rl->pid, shm_mirror, &m,
+                  NULL);
 }
 
 static int shm_forget(struct rl_state *st, int found, int64_t now, void *arg)
@@ -461,7 +499,7 @@ void ratelimit_take_pending(struct ratelimit *rl, struct rl_item *it)
     it->pushed_age_us = 0;
     if (it->rule == RL_ACCOUNT)
         rl_shm_update(rl->shm, rl_shm_key(rl->shm, it->rule, it->key), ratelimit_now_us(), rl->pid,
-                      shm_take_pending, it);
+                      shm_take_pending, it, NULL);
 }
 
 struct refund_op {
@@ -480,7 +518,7 @@ static int shm_refund(struct rl_state *st, int found, int64_t now, void *arg)
         st->pending--;
     if (st->a == 0)
         return -1;
-    st->prio = account_prio(op->lockout, st->a);
+    account_mark(st, op->lockout, now);
     return 1;
 }
 
@@ -491,8 +529,10 @@ void ratelimit_check(struct ratelimit *rl, int n, const enum rl_rule *rules,
 {
     struct rl_check *c = calloc(1, sizeof(*c));
 
-    if (c == NULL) { /* out of memory: let the request through rather than fail it */
-        struct rl_check none = {.rl = rl, .denied = -1};
+    if (c == NULL) { /* out of memory: nothing can be counted, so nothing is allowed */
+        struct rl_check none = {.rl = rl, .n = 1, .denied = 0};
+        none.item[0].rule = n > 0 ? rules[0] : RL_GLOBAL;
+        none.item[0].r.retry_after = 1;
         done(arg, &none);
         return;
     }
@@ -551,7 +591,7 @@ void ratelimit_release(struct rl_check *c)
 void ratelimit_account_success(struct ratelimit *rl, const char *key)
 {
     rl_shm_update(rl->shm, rl_shm_key(rl->shm, RL_ACCOUNT, key), ratelimit_now_us(), rl->pid,
-                  shm_forget, NULL);
+                  shm_forget, NULL, NULL);
     if (rl->be != NULL)
         rl->ops->reset(rl->be, RL_ACCOUNT, key);
 }
@@ -561,7 +601,7 @@ void ratelimit_account_refund(struct ratelimit *rl, const char *key, int by_redi
     struct refund_op op = {&rl->lockout, by_redis};
 
     rl_shm_update(rl->shm, rl_shm_key(rl->shm, RL_ACCOUNT, key), ratelimit_now_us(), rl->pid,
-                  shm_refund, &op);
+                  shm_refund, &op, NULL);
     if (by_redis && rl->be != NULL)
         rl->ops->refund(rl->be, RL_ACCOUNT, key);
 }

@@ -112,44 +112,72 @@ void rl_client_key(int ipv6_prefix, const char *addr, char *out, size_t outlen);
 
 struct rl_shm;
 
-/* One entry's state: GCRA uses a = TAT; the account rule a = failures, b = last failure. */
-struct rl_state {
-    int64_t a, b;
-    int64_t expires_us; /* the state is equivalent to none after this */
-    int32_t prio;       /* eviction order, set by the writer: see RL_PRIO_KEEP */
-    int32_t pending;    /* account: failures counted here that Redis has not seen yet */
+/*
+ * The table has two regions, so that neither kind of state can push the other out: per-address
+ * (GCRA) entries of the global, login, register and refresh rules, and account-lockout entries.
+ */
+enum rl_table {
+    RL_TABLE_ADDRESS,
+    RL_TABLE_ACCOUNT,
+    RL_TABLES,
 };
 
-/*
- * Eviction priority of an entry: a full bucket evicts the live entry of lowest prio first
- * (GCRA entries are 0, accounts 1 + failures). Entries at or above RL_PRIO_KEEP (accounts at
- * or above the lockout threshold) are never evicted for an entry of lower prio: the newcomer
- * is not stored instead (counted in rl_shm_stats' refused_stores).
- */
-#define RL_PRIO_KEEP (1 << 20)
+/* "address", "account" (metrics labels). */
+const char *rl_table_name(enum rl_table table);
 
-/* Maps a table of at least `slots` entries, MAP_SHARED|MAP_ANONYMOUS, with a random seed. */
+/*
+ * One entry's state: GCRA uses a = TAT; the account rule a = failures, b = last failure.
+ * An entry whose hold_until_s lies in the future (an account in a delay or the hard lock) is
+ * never evicted: a new key of a bucket that holds only such entries is not stored, and its
+ * request is refused (RL_SHM_FULL). Any other live entry may be evicted for a new key: the one
+ * of lowest prio (GCRA entries 0, accounts 1 + failures), expiring first among equals.
+ */
+struct rl_state {
+    int64_t a, b;
+    int64_t expires_us;    /* the state is equivalent to none after this */
+    uint32_t hold_until_s; /* wall-clock seconds: protected from eviction until then */
+    int16_t prio;          /* eviction order, set by the writer */
+    int16_t pending;       /* account: failures counted here that Redis has not seen yet */
+};
+
+/* rl_shm_update: a new key that could not be stored (its bucket holds only protected entries). */
+#define RL_SHM_FULL (-2)
+
+/*
+ * Maps a table of at least `slots` entries, MAP_SHARED|MAP_ANONYMOUS, with a random seed: a
+ * quarter of them (whole buckets, at least one) for per-address entries, the rest for accounts.
+ */
 struct rl_shm *rl_shm_create(int slots);
 void rl_shm_destroy(struct rl_shm *t);
-/* Live entries evicted, and stores refused to protect a locked account, since creation. */
-void rl_shm_stats(const struct rl_shm *t, uint64_t *evictions, uint64_t *refused_stores);
-/* Entries the table holds (a multiple of the bucket size). */
-int rl_shm_capacity(const struct rl_shm *t);
+/* Of one region since creation: live entries evicted, and new entries refused (RL_SHM_FULL). */
+void rl_shm_stats(const struct rl_shm *t, enum rl_table table, uint64_t *evictions,
+                  uint64_t *refused);
+/* Entries one region holds (a multiple of the bucket size). */
+int rl_shm_capacity(const struct rl_shm *t, enum rl_table table);
 
-/* The table's 64-bit key (never 0) of (rule, key), under its per-master random seed. */
+/*
+ * The table's 64-bit key (never 0) of (rule, key), under its per-master random seed. The key
+ * names its region too: RL_ACCOUNT keys live in the account region, every other rule's in the
+ * address region.
+ */
 uint64_t rl_shm_key(const struct rl_shm *t, enum rl_rule rule, const char *key);
+/* The region of a key, and the index of its bucket (over the whole table; for tests). */
+enum rl_table rl_shm_key_table(uint64_t key);
+uint32_t rl_shm_bucket_of(const struct rl_shm *t, uint64_t key);
 
 /*
  * Runs fn on the state of `key` under its bucket's lock. `found` says whether a live entry
  * existed (otherwise the state is zeroed). fn returns 1 to store the state, 0 to leave it
  * unchanged, -1 to delete the entry. Only a store takes a slot: a lookup of a missing key
- * evicts nothing. A bucket that is full evicts by prio (see RL_PRIO_KEEP). `self` is the
- * caller's pid (the lock owner with its start time, so a lock held by a dead process, a zombie
- * or a process whose pid was reused is taken over).
+ * evicts nothing. A full bucket evicts as struct rl_state says. Returns fn's answer, or
+ * RL_SHM_FULL when fn asked to store a new key and every entry of its bucket is protected:
+ * nothing was stored, and *wait_r (unless NULL) is the time in microseconds until the first of
+ * them stops being protected. `self` is the caller's pid (the lock owner with its start time,
+ * so a lock held by a dead process, a zombie or a process whose pid was reused is taken over).
  */
 typedef int rl_shm_fn(struct rl_state *st, int found, int64_t now_us, void *arg);
 int rl_shm_update(struct rl_shm *t, uint64_t key, int64_t now_us, pid_t self, rl_shm_fn *fn,
-                  void *arg);
+                  void *arg, int64_t *wait_r);
 
 /*
  * The host's table: created by the master before the first fork (ratelimit_shm_setup, at
@@ -236,7 +264,9 @@ void ratelimit_account_key(const char *email, char out[RL_KEY_MAX]);
 
 /*
  * A check with the `n` (rule, key) pairs; `done(arg, c)` is called exactly once, possibly
- * before this returns. Never blocks the loop longer than one shm update per item.
+ * before this returns. Never blocks the loop longer than one shm update per item. A check
+ * that cannot be counted (no memory for it, or a new key the shm table cannot store) is
+ * refused, never allowed.
  */
 void ratelimit_check(struct ratelimit *rl, int n, const enum rl_rule *rules,
                      const char *const *keys, rl_done_fn *done, void *arg);

@@ -2,12 +2,15 @@
  * ratelimit_shm: the host-wide rate-limit table in shared memory (see ratelimit.h).
  *
  * Layout: a header, then buckets of RL_BUCKET_ENTRIES entries, each bucket one 256-byte,
- * cache-line-aligned unit with its own spinlock. A key (64-bit hash of rule + key under a
- * random per-master seed) lives in bucket hash % nbuckets, anywhere among its entries, so the
- * table is bounded and never probes further. A full bucket evicts the live entry of lowest
- * priority (GCRA entries first, then accounts by failures), expiring first among equals; an
- * account at or above the lockout threshold (prio >= RL_PRIO_KEEP) is never evicted for an
- * entry of lower priority: the newcomer is then not stored (refused_stores counts it).
+ * cache-line-aligned unit with its own spinlock. The buckets form two regions: per-address
+ * (GCRA) entries first, then account-lockout entries, so that a flood of one kind can never
+ * push the other out. A key (64-bit hash of rule + key under a random per-master seed, its top
+ * bit naming the region) lives in bucket hash % nbuckets of its region, anywhere among its
+ * entries, so the table is bounded and never probes further. A full bucket evicts the live
+ * entry of lowest priority (GCRA entries, then accounts by failures), expiring first among
+ * equals; an entry held (an account in a delay or the hard lock, hold_until_s in the future)
+ * is never evicted: when every entry of the bucket is held, the new key is not stored and the
+ * caller refuses its request (RL_SHM_FULL, counted per region).
  * The lock word holds the owner's pid and a start-time token: waiters spin briefly, then
  * sched_yield(); a process killed inside the (few-instruction) critical section cannot wedge
  * the bucket, the next locker takes it over once the owner is gone, a zombie, or its pid was
@@ -21,13 +24,15 @@
 #include <signal.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #define RL_SHM_MAGIC           0x726c696du /* "rlim" */
-#define RL_SHM_VERSION         2u
+#define RL_SHM_VERSION         3u
+#define RL_ACCOUNT_BIT         (1ULL << 63)
 #define RL_BUCKET_ENTRIES      6
 #define RL_SPINS_BEFORE_YIELD  128
 #define RL_YIELDS_BEFORE_CHECK 256
@@ -45,28 +50,38 @@ _Static_assert(sizeof(struct rl_bucket) == 256, "one bucket = four cache lines")
 
 struct rl_shm {
     uint32_t magic, version;
-    uint32_t nbuckets;
+    uint32_t nbuckets[RL_TABLES]; /* address region first, then the account region */
     size_t size;
     unsigned char seed[16];
-    atomic_ullong evictions, refused_stores;
+    atomic_ullong evictions[RL_TABLES], refused[RL_TABLES];
     struct rl_bucket b[];
 };
+
+const char *rl_table_name(enum rl_table table)
+{
+    return table == RL_TABLE_ACCOUNT ? "account" : "address";
+}
 
 struct rl_shm *rl_shm_create(int slots)
 {
     uint32_t nb = (uint32_t)((slots + RL_BUCKET_ENTRIES - 1) / RL_BUCKET_ENTRIES);
-    size_t size = sizeof(struct rl_shm) + (size_t)nb * sizeof(struct rl_bucket);
     struct rl_shm *t;
 
-    if (nb == 0)
-        nb = 1;
+    if (nb < 2)
+        nb = 2;
+    /* Accounts live for lockout.reset_after, addresses only until their quota is back. */
+    uint32_t account = (3 * nb + 3) / 4;
+    if (account >= nb)
+        account = nb - 1;
+    size_t size = sizeof(struct rl_shm) + (size_t)nb * sizeof(struct rl_bucket);
     t = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (t == MAP_FAILED)
         return NULL;
     /* Zeroed pages: every bucket unlocked and empty. */
     t->magic = RL_SHM_MAGIC;
     t->version = RL_SHM_VERSION;
-    t->nbuckets = nb;
+    t->nbuckets[RL_TABLE_ADDRESS] = nb - account;
+    t->nbuckets[RL_TABLE_ACCOUNT] = account;
     t->size = size;
     if (RAND_bytes(t->seed, sizeof(t->seed)) != 1) {
         munmap(t, size);
@@ -82,9 +97,22 @@ void rl_shm_destroy(struct rl_shm *t)
         munmap(t, t->size);
 }
 
-int rl_shm_capacity(const struct rl_shm *t)
+int rl_shm_capacity(const struct rl_shm *t, enum rl_table table)
 {
-    return (int)t->nbuckets * RL_BUCKET_ENTRIES;
+    return (int)t->nbuckets[table] * RL_BUCKET_ENTRIES;
+}
+
+enum rl_table rl_shm_key_table(uint64_t key)
+{
+    return (key & RL_ACCOUNT_BIT) ? RL_TABLE_ACCOUNT : RL_TABLE_ADDRESS;
+}
+
+uint32_t rl_shm_bucket_of(const struct rl_shm *t, uint64_t key)
+{
+    enum rl_table table = rl_shm_key_table(key);
+    uint32_t first = table == RL_TABLE_ACCOUNT ? t->nbuckets[RL_TABLE_ADDRESS] : 0;
+
+    return first + (uint32_t)((key & ~RL_ACCOUNT_BIT) % t->nbuckets[table]);
 }
 
 uint64_t rl_shm_key(const struct rl_shm *t, enum rl_rule rule, const char *key)
@@ -98,6 +126,9 @@ uint64_t rl_shm_key(const struct rl_shm *t, enum rl_rule rule, const char *key)
     memcpy(buf + sizeof(t->seed) + 1, key, n);
     SHA256(buf, sizeof(t->seed) + 1 + n, md);
     memcpy(&k, md, sizeof(k));
+    k &= ~RL_ACCOUNT_BIT;
+    if (rule == RL_ACCOUNT)
+        return k | RL_ACCOUNT_BIT;
     return k ? k : 1;
 }
 
@@ -210,11 +241,23 @@ static int live(const struct rl_entry *e, int64_t now)
     return e->key != 0 && e->st.expires_us > now;
 }
 
+/* A live entry that must not be evicted: an account in a delay or the hard lock. */
+static int held(const struct rl_entry *e, int64_t now)
+{
+    return live(e, now) && (int64_t)e->st.hold_until_s * 1000000 > now;
+}
+
+/* 1 when live entry e matters less than live entry v: lower prio, or expiring first. */
+static int matters_less(const struct rl_entry *e, const struct rl_entry *v)
+{
+    return e->st.prio < v->st.prio ||
+           (e->st.prio == v->st.prio && e->st.expires_us < v->st.expires_us);
+}
+
 /*
  * The entry of key in b (live or not), else the slot a new entry would take: a never-used one,
- * then an expired one, then the live entry that matters least: lowest `prio` (GCRA entries,
- * then accounts by failures), expiring first among equals. Nothing is changed here: the caller
- * overwrites the victim only when it stores.
+ * then an expired one, then the live entry that matters least and is not held; NULL when every
+ * entry is held. Nothing is changed here: the caller overwrites the victim only when it stores.
  */
 static struct rl_entry *bucket_find(struct rl_bucket *b, uint64_t key, int64_t now, int *found)
 {
@@ -227,48 +270,58 @@ static struct rl_entry *bucket_find(struct rl_bucket *b, uint64_t key, int64_t n
             *found = e->st.expires_us > now;
             return e;
         }
-        if (victim == NULL) {
-            victim = e;
+        if (held(e, now))
             continue;
-        }
-        if (!live(e, now)) {
+        if (victim == NULL)
+            victim = e;
+        else if (!live(e, now)) {
             if (live(victim, now) || (victim->key != 0 && e->key == 0))
                 victim = e; /* prefer a never-used entry, then any expired one */
-        } else if (live(victim, now) &&
-                   (e->st.prio < victim->st.prio ||
-                    (e->st.prio == victim->st.prio && e->st.expires_us < victim->st.expires_us))) {
+        } else if (live(victim, now) && matters_less(e, victim))
             victim = e;
-        }
     }
     return victim;
 }
 
-int rl_shm_update(struct rl_shm *t, uint64_t key, int64_t now_us, pid_t self, rl_shm_fn *fn,
-                  void *arg)
+/* Microseconds until the first held entry of a full bucket may be evicted. */
+static int64_t bucket_wait(const struct rl_bucket *b, int64_t now)
 {
-    struct rl_bucket *b = &t->b[key % t->nbuckets];
+    int64_t wait = INT64_MAX;
+
+    for (int i = 0; i < RL_BUCKET_ENTRIES; i++) {
+        int64_t until = (int64_t)b->e[i].st.hold_until_s * 1000000;
+        if (b->e[i].st.expires_us < until)
+            until = b->e[i].st.expires_us;
+        if (until - now < wait)
+            wait = until - now;
+    }
+    return wait > 0 ? wait : 1;
+}
+
+int rl_shm_update(struct rl_shm *t, uint64_t key, int64_t now_us, pid_t self, rl_shm_fn *fn,
+                  void *arg, int64_t *wait_r)
+{
+    enum rl_table table = rl_shm_key_table(key);
+    struct rl_bucket *b = &t->b[rl_shm_bucket_of(t, key)];
     struct rl_state st = {0};
     int found, rc;
 
     bucket_lock(b, self);
     struct rl_entry *e = bucket_find(b, key, now_us, &found);
-    int own = e->key == key;
+    int own = e != NULL && e->key == key;
     if (found)
         st = e->st;
     rc = fn(&st, found, now_us, arg);
-    if (rc > 0) {
-        if (!own && live(e, now_us)) {
-            /* Evicting a live entry. One at or above RL_PRIO_KEEP (an account at the lockout
-             * threshold) never yields to an entry that matters less: the new state is not
-             * stored (this attempt was allowed or refused on a fresh state, conservatively
-             * counted as "refused store"), so table pressure cannot reset a lockout. */
-            if (e->st.prio >= RL_PRIO_KEEP && st.prio < e->st.prio) {
-                atomic_fetch_add_explicit(&t->refused_stores, 1, memory_order_relaxed);
-                bucket_unlock(b);
-                return rc;
-            }
-            atomic_fetch_add_explicit(&t->evictions, 1, memory_order_relaxed);
-        }
+    if (rc > 0 && e == NULL) {
+        /* Every entry is an account in a delay or lock: none is given up for a newcomer, and the
+         * newcomer is not decided on a state that cannot be kept — its request is refused. */
+        atomic_fetch_add_explicit(&t->refused[table], 1, memory_order_relaxed);
+        if (wait_r != NULL)
+            *wait_r = bucket_wait(b, now_us);
+        rc = RL_SHM_FULL;
+    } else if (rc > 0) {
+        if (!own && live(e, now_us))
+            atomic_fetch_add_explicit(&t->evictions[table], 1, memory_order_relaxed);
         e->key = key;
         e->st = st;
     } else if (own && (rc < 0 || !found)) {
@@ -281,10 +334,11 @@ int rl_shm_update(struct rl_shm *t, uint64_t key, int64_t now_us, pid_t self, rl
     return rc;
 }
 
-void rl_shm_stats(const struct rl_shm *t, uint64_t *evictions, uint64_t *refused_stores)
+void rl_shm_stats(const struct rl_shm *t, enum rl_table table, uint64_t *evictions,
+                  uint64_t *refused)
 {
-    *evictions = atomic_load_explicit(&t->evictions, memory_order_relaxed);
-    *refused_stores = atomic_load_explicit(&t->refused_stores, memory_order_relaxed);
+    *evictions = atomic_load_explicit(&t->evictions[table], memory_order_relaxed);
+    *refused = atomic_load_explicit(&t->refused[table], memory_order_relaxed);
 }
 
 /* ---- the host's table ---- */

@@ -100,8 +100,9 @@ struct rl_backend {
     struct evdns_base *dns;
     struct evdns_getaddrinfo_request *dns_req; /* resolving the host */
     enum conn_state state;
-    int warned;  /* the fallback warning was logged and not yet followed by "back" */
-    int ever_up; /* for the wording of the recovery line */
+    int warned;        /* the fallback warning was logged and not yet followed by "back" */
+    int ever_up;       /* for the wording of the recovery line */
+    int policy_warned; /* the evicting maxmemory-policy was logged (once per worker) */
     char sha[41];
     struct event *retry;
     struct timeval timeout;
@@ -193,6 +194,51 @@ static void flush_resets(struct rl_backend *r)
     r->resets_dropped = 0;
 }
 
+/*
+ * The value of `field` ("name:value" lines) in an INFO reply, copied to out; "" when absent.
+ */
+static void info_field(const char *info, const char *field, char *out, size_t outlen)
+{
+    size_t n = strlen(field);
+
+    out[0] = '\0';
+    for (const char *p = info; p != NULL && *p != '\0';) {
+        if (strncmp(p, field, n) == 0 && p[n] == ':') {
+            size_t len = strcspn(p + n + 1, "\r\n");
+            snprintf(out, outlen, "%.*s", (int)len, p + n + 1);
+            return;
+        }
+        p = strchr(p, '\n');
+        if (p != NULL)
+            p++;
+    }
+}
+
+/*
+ * INFO memory: a Redis with a memory limit and an evicting policy would silently forget
+ * lockouts (every authd key has a TTL, so volatile-* policies evict them too): fail open.
+ * With noeviction it refuses writes instead, and the check falls back to the shm table.
+ */
+static void on_info(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct rl_backend *r = ac->data;
+    redisReply *rep = reply;
+    char maxmemory[32], policy[32];
+
+    if (r == NULL || ac != r->ac || rep == NULL || rep->type != REDIS_REPLY_STRING ||
+        r->policy_warned)
+        return;
+    info_field(rep->str, "maxmemory", maxmemory, sizeof(maxmemory));
+    info_field(rep->str, "maxmemory_policy", policy, sizeof(policy));
+    if (maxmemory[0] == '\0' || strcmp(maxmemory, "0") == 0 || policy[0] == '\0' ||
+        strcmp(policy, "noeviction") == 0)
+        return;
+    log_warn("ratelimit: Redis %s:%d has maxmemory-policy %s: when it is full it evicts "
+             "lockout counters (fail open); set maxmemory-policy noeviction",
+             r->cfg->ratelimit.redis_host, r->cfg->ratelimit.redis_port, policy);
+    r->policy_warned = 1;
+}
+
 static void on_script_loaded(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct rl_backend *r = ac->data;
@@ -207,6 +253,8 @@ static void on_script_loaded(redisAsyncContext *ac, void *reply, void *privdata)
     }
     memcpy(r->sha, rep->str, 40);
     r->sha[40] = '\0';
+    if (!r->policy_warned)
+        redisAsyncCommand(ac, on_info, NULL, "INFO memory");
     flush_resets(r);
     r->state = R_UP;
     r->ping_sent_us = 0;

@@ -85,31 +85,40 @@ static void handle_readyz(struct http_request *req)
                               "checks", checks));
 }
 
-/* Appends the host-wide limiter table's own counters (it lives beside, not in, the health
- * segment). Returns the new text, or `text` unchanged when there is no table. */
+/* Appends the host-wide limiter table's own counters, per region (the table lives beside, not
+ * in, the health segment). Returns the new text, or `text` unchanged when there is no table. */
 static char *append_limiter_table(char *text, size_t *len)
 {
     const struct rl_shm *t = ratelimit_shm_table();
-    uint64_t evictions, refused;
+    uint64_t ev[RL_TABLES], refused[RL_TABLES];
+    const char *a = rl_table_name(RL_TABLE_ADDRESS), *c = rl_table_name(RL_TABLE_ACCOUNT);
     char *out;
 
     if (t == NULL || text == NULL)
         return text;
-    rl_shm_stats(t, &evictions, &refused);
-    int n = asprintf(&out,
-                     "%s# HELP authd_ratelimit_shm_capacity Entries of the host-wide limiter table."
-                     "\n# TYPE authd_ratelimit_shm_capacity gauge\n"
-                     "authd_ratelimit_shm_capacity %d\n"
-                     "# HELP authd_ratelimit_shm_evictions_total Live limiter entries evicted to "
-                     "make room (the table is too small when this grows fast).\n"
-                     "# TYPE authd_ratelimit_shm_evictions_total counter\n"
-                     "authd_ratelimit_shm_evictions_total %llu\n"
-                     "# HELP authd_ratelimit_shm_refused_stores_total New limiter entries not "
-                     "stored because their bucket held only locked accounts.\n"
-                     "# TYPE authd_ratelimit_shm_refused_stores_total counter\n"
-                     "authd_ratelimit_shm_refused_stores_total %llu\n",
-                     text, rl_shm_capacity(t), (unsigned long long)evictions,
-                     (unsigned long long)refused);
+    for (int i = 0; i < RL_TABLES; i++)
+        rl_shm_stats(t, (enum rl_table)i, &ev[i], &refused[i]);
+    int n = asprintf(
+        &out,
+        "%s# HELP authd_ratelimit_shm_capacity Entries of the host-wide limiter table, by region."
+        "\n# TYPE authd_ratelimit_shm_capacity gauge\n"
+        "authd_ratelimit_shm_capacity{table=\"%s\"} %d\n"
+        "authd_ratelimit_shm_capacity{table=\"%s\"} %d\n"
+        "# HELP authd_ratelimit_shm_evictions_total Live limiter entries evicted to make room "
+        "(the region is too small when this grows fast).\n"
+        "# TYPE authd_ratelimit_shm_evictions_total counter\n"
+        "authd_ratelimit_shm_evictions_total{table=\"%s\"} %llu\n"
+        "authd_ratelimit_shm_evictions_total{table=\"%s\"} %llu\n"
+        "# HELP authd_ratelimit_store_refused_total New limiter entries that could not be stored "
+        "because every entry of their bucket was an account in a delay or lock (the request got "
+        "429).\n"
+        "# TYPE authd_ratelimit_store_refused_total counter\n"
+        "authd_ratelimit_store_refused_total{table=\"%s\"} %llu\n"
+        "authd_ratelimit_store_refused_total{table=\"%s\"} %llu\n",
+        text, a, rl_shm_capacity(t, RL_TABLE_ADDRESS), c, rl_shm_capacity(t, RL_TABLE_ACCOUNT), a,
+        (unsigned long long)ev[RL_TABLE_ADDRESS], c, (unsigned long long)ev[RL_TABLE_ACCOUNT], a,
+        (unsigned long long)refused[RL_TABLE_ADDRESS], c,
+        (unsigned long long)refused[RL_TABLE_ACCOUNT]);
     if (n < 0)
         return text;
     free(text);

@@ -178,7 +178,7 @@ static void test_shm_across_fork(void **state)
             int mine = 0;
             for (int i = 0; i < tries; i++) {
                 struct gcra_arg g = {limit, 3600 * S, 0};
-                rl_shm_update(t, key, now, getpid(), gcra_fn, &g);
+                rl_shm_update(t, key, now, getpid(), gcra_fn, &g, NULL);
                 mine += g.allowed;
             }
             ssize_t w = write(pipefd[1], &mine, sizeof(mine));
@@ -207,24 +207,25 @@ static void test_shm_bounded_eviction(void **state)
     char key[32];
 
     assert_non_null(t);
-    int cap = rl_shm_capacity(t);
-    assert_true(cap >= 256);
+    int cap = rl_shm_capacity(t, RL_TABLE_ADDRESS);
+    assert_true(cap >= 60);
+    assert_true(cap + rl_shm_capacity(t, RL_TABLE_ACCOUNT) >= 256);
     /* Far more keys than entries: every update still succeeds (oldest evicted). */
     for (int i = 0; i < cap * 8; i++) {
         struct gcra_arg g = {5, 60 * S, 0};
         snprintf(key, sizeof(key), "k%d", i);
-        rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g);
+        rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g, NULL);
         assert_int_equal(g.allowed, 1);
     }
     /* A recent key is still there: its sixth request within the period is refused. */
     snprintf(key, sizeof(key), "k%d", cap * 8 - 1);
     for (int i = 0; i < 4; i++) {
         struct gcra_arg g = {5, 60 * S, 0};
-        rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g);
+        rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g, NULL);
         assert_int_equal(g.allowed, 1);
     }
     struct gcra_arg g = {5, 60 * S, 0};
-    rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g);
+    rl_shm_update(t, rl_shm_key(t, RL_GLOBAL, key), now, getpid(), gcra_fn, &g, NULL);
     assert_int_equal(g.allowed, 0);
     rl_shm_destroy(t);
 }
@@ -263,12 +264,12 @@ static void test_shm_zombie_lock_owner(void **state)
     uint64_t key = rl_shm_key(t, RL_ACCOUNT, "zombie");
     pid_t pid = fork();
     if (pid == 0)
-        rl_shm_update(t, key, 1, getpid(), hold_fn, NULL);
+        rl_shm_update(t, key, 1, getpid(), hold_fn, NULL, NULL);
     /* Not reaped before the takeover: wait until it is a zombie. */
     siginfo_t si;
     assert_int_equal(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT), 0);
     struct gcra_arg g = {5, 60 * S, 0};
-    rl_shm_update(t, key, 1000 * S, getpid(), gcra_fn, &g);
+    rl_shm_update(t, key, 1000 * S, getpid(), gcra_fn, &g, NULL);
     assert_int_equal(g.allowed, 1);
     waitpid(pid, &st, 0);
     rl_shm_destroy(t);
@@ -284,11 +285,11 @@ static void test_shm_dead_lock_owner(void **state)
     key = rl_shm_key(t, RL_ACCOUNT, "abc");
     pid_t pid = fork();
     if (pid == 0)
-        rl_shm_update(t, key, 1, getpid(), hold_fn, NULL);
+        rl_shm_update(t, key, 1, getpid(), hold_fn, NULL, NULL);
     waitpid(pid, &st, 0);
     /* The lock of the dead process is taken over instead of spinning forever. */
     struct gcra_arg g = {5, 60 * S, 0};
-    rl_shm_update(t, key, 1000 * S, getpid(), gcra_fn, &g);
+    rl_shm_update(t, key, 1000 * S, getpid(), gcra_fn, &g, NULL);
     assert_int_equal(g.allowed, 1);
     rl_shm_destroy(t);
 }
@@ -299,21 +300,23 @@ static int lookup_fn(struct rl_state *st, int found, int64_t now, void *arg)
     return 0;
 }
 
+/* Stores n account entries in the bucket of `target`: `prio`, expiring at `expires`, held until
+ * `hold_s` (wall-clock seconds, 0: not held). Their keys go to keys[]. */
 static void fill_bucket_of(struct rl_shm *t, const char *name, uint64_t target, int64_t now, int n,
-                           int prio, int64_t expires, uint64_t *keys)
+                           int prio, int64_t expires, uint32_t hold_s, uint64_t *keys)
 {
     char key[48];
     int got = 0;
-    int nb = rl_shm_capacity(t) / 6;
 
     for (int i = 0; got < n && i < 100000; i++) {
         snprintf(key, sizeof(key), "%s%d", name, i);
         uint64_t k = rl_shm_key(t, RL_ACCOUNT, key);
-        if (k % (uint64_t)nb != target % (uint64_t)nb || k == target)
+        if (rl_shm_bucket_of(t, k) != rl_shm_bucket_of(t, target) || k == target)
             continue;
-        struct rl_state want = {.a = prio, .b = now, .expires_us = expires, .prio = prio};
+        struct rl_state want = {
+            .a = prio, .b = now, .expires_us = expires, .hold_until_s = hold_s, .prio = prio};
         keys[got++] = k;
-        rl_shm_update(t, k, now, getpid(), set_fn, &want);
+        assert_int_equal(rl_shm_update(t, k, now, getpid(), set_fn, &want, NULL), 1);
     }
     assert_int_equal(got, n);
 }
@@ -326,69 +329,90 @@ static void test_shm_lookup_does_not_evict(void **state)
     struct probe p;
 
     assert_non_null(t);
-    assert_int_equal(rl_shm_capacity(t) % 6, 0);
+    assert_int_equal(rl_shm_capacity(t, RL_TABLE_ACCOUNT) % 6, 0);
     uint64_t missing = rl_shm_key(t, RL_ACCOUNT, "missing");
-    fill_bucket_of(t, "f", missing, now, 6, 0, now + 60 * S, keys);
-    rl_shm_update(t, missing, now, getpid(), lookup_fn, NULL);
+    fill_bucket_of(t, "f", missing, now, 6, 1, now + 60 * S, 0, keys);
+    rl_shm_update(t, missing, now, getpid(), lookup_fn, NULL, NULL);
     for (int i = 0; i < 6; i++) {
-        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p);
+        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p, NULL);
         assert_true(p.found);
     }
     uint64_t ev, refused;
-    rl_shm_stats(t, &ev, &refused);
+    rl_shm_stats(t, RL_TABLE_ACCOUNT, &ev, &refused);
     assert_int_equal(ev, 0);
+    assert_int_equal(refused, 0);
     rl_shm_destroy(t);
 }
 
-/* Table pressure never resets a locked account; low-priority entries go first. */
-static void test_shm_eviction_keeps_lockouts(void **state)
+/*
+ * Table pressure never resets an account in a delay or lock, and a newcomer that cannot be
+ * stored is refused (RL_SHM_FULL), never decided on a state that is then forgotten.
+ */
+static void test_shm_full_bucket_refuses(void **state)
 {
     struct rl_shm *t = rl_shm_create(256);
-    int64_t now = 1000 * S;
+    int64_t now = 1000 * S, wait = 0;
     uint64_t keys[6], ev, refused;
     struct probe p;
 
     assert_non_null(t);
     uint64_t target = rl_shm_key(t, RL_ACCOUNT, "victim");
-    /* A bucket of locked accounts, all expiring before the newcomer. */
-    fill_bucket_of(t, "f", target, now, 6, RL_PRIO_KEEP + 5, now + 10 * S, keys);
-    struct rl_state fresh = {.a = 1, .b = now, .expires_us = now + 3600 * S, .prio = 2};
-    assert_int_equal(rl_shm_update(t, target, now, getpid(), set_fn, &fresh), 1);
+    /* A bucket of held accounts (held for 100..105 s), all expiring before the newcomer. */
     for (int i = 0; i < 6; i++) {
-        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p);
-        assert_true(p.found);
-        assert_int_equal(p.st.a, RL_PRIO_KEEP + 5);
+        char name[16];
+        snprintf(name, sizeof(name), "h%d-", i);
+        fill_bucket_of(t, name, target, now, 1, 7, now + 200 * S, (uint32_t)(1105 - i), keys + i);
     }
-    rl_shm_update(t, target, now, getpid(), probe_fn, &p);
-    assert_false(p.found); /* allowed, not stored */
-    rl_shm_stats(t, &ev, &refused);
+    struct rl_state fresh = {.a = 1, .b = now, .expires_us = now + 3600 * S, .prio = 2};
+    assert_int_equal(rl_shm_update(t, target, now, getpid(), set_fn, &fresh, &wait), RL_SHM_FULL);
+    assert_int_equal(wait, 100 * S); /* until the first hold ends */
+    for (int i = 0; i < 6; i++) {
+        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p, NULL);
+        assert_true(p.found);
+        assert_int_equal(p.st.a, 7);
+    }
+    rl_shm_update(t, target, now, getpid(), probe_fn, &p, NULL);
+    assert_false(p.found);
+    rl_shm_stats(t, RL_TABLE_ACCOUNT, &ev, &refused);
     assert_int_equal(ev, 0);
     assert_int_equal(refused, 1);
+    rl_shm_stats(t, RL_TABLE_ADDRESS, &ev, &refused);
+    assert_int_equal(refused, 0);
+    /* A newcomer of the highest priority is refused all the same. */
+    struct rl_state high = {.a = 99, .b = now, .expires_us = now + 3600 * S, .prio = 100};
+    assert_int_equal(rl_shm_update(t, target, now, getpid(), set_fn, &high, NULL), RL_SHM_FULL);
+    /* Once the first hold ended, that entry (and only it) makes room. */
+    assert_int_equal(rl_shm_update(t, target, now + 100 * S, getpid(), set_fn, &fresh, NULL), 1);
+    rl_shm_update(t, keys[5], now + 100 * S, getpid(), probe_fn, &p, NULL);
+    assert_false(p.found);
+    for (int i = 0; i < 5; i++) {
+        rl_shm_update(t, keys[i], now + 100 * S, getpid(), probe_fn, &p, NULL);
+        assert_true(p.found);
+    }
     rl_shm_destroy(t);
 
-    /* Mixed bucket: the GCRA (prio 0) entry goes first even though the locked one expires
-     * sooner; then the low-count account. */
+    /* Mixed bucket: held accounts stay; the others go by failures (then expiry) first. */
     t = rl_shm_create(256);
     assert_non_null(t);
     target = rl_shm_key(t, RL_ACCOUNT, "victim");
-    fill_bucket_of(t, "locked", target, now, 4, RL_PRIO_KEEP + 3, now + 5 * S, keys);
-    fill_bucket_of(t, "gcra", target, now, 1, 0, now + 600 * S, keys + 4);
-    fill_bucket_of(t, "low", target, now, 1, 2, now + 600 * S, keys + 5);
-    uint64_t n1 = rl_shm_key(t, RL_ACCOUNT, "victim"), newer[2];
-    fill_bucket_of(t, "new", n1, now, 2, 3, now + 3600 * S, newer);
-    rl_shm_update(t, keys[4], now, getpid(), probe_fn, &p);
-    assert_false(p.found); /* the GCRA entry went first */
-    rl_shm_update(t, keys[5], now, getpid(), probe_fn, &p);
-    assert_false(p.found); /* then the low-count account */
+    fill_bucket_of(t, "held", target, now, 4, 6, now + 5 * S, 2000, keys);
+    fill_bucket_of(t, "low", target, now, 1, 2, now + 600 * S, 0, keys + 4);
+    fill_bucket_of(t, "more", target, now, 1, 3, now + 600 * S, 0, keys + 5);
+    uint64_t newer[2];
+    fill_bucket_of(t, "new", target, now, 2, 3, now + 3600 * S, 0, newer);
+    rl_shm_update(t, keys[4], now, getpid(), probe_fn, &p, NULL);
+    assert_false(p.found); /* the fewest failures went first */
+    rl_shm_update(t, keys[5], now, getpid(), probe_fn, &p, NULL);
+    assert_false(p.found); /* then the next unheld one */
     for (int i = 0; i < 4; i++) {
-        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p);
-        assert_true(p.found); /* the locked accounts stay */
+        rl_shm_update(t, keys[i], now, getpid(), probe_fn, &p, NULL);
+        assert_true(p.found); /* the held accounts stay */
     }
     for (int i = 0; i < 2; i++) {
-        rl_shm_update(t, newer[i], now, getpid(), probe_fn, &p);
+        rl_shm_update(t, newer[i], now, getpid(), probe_fn, &p, NULL);
         assert_true(p.found);
     }
-    rl_shm_stats(t, &ev, &refused);
+    rl_shm_stats(t, RL_TABLE_ACCOUNT, &ev, &refused);
     assert_int_equal(ev, 2);
     assert_int_equal(refused, 0);
     rl_shm_destroy(t);
@@ -530,6 +554,98 @@ static void test_config_keys(void **state)
     free(errors);
 }
 
+static int check_denied;
+static double check_retry;
+static int check_failures;
+static void check_done(void *arg, const struct rl_check *c)
+{
+    check_denied = c->denied;
+    check_retry = c->denied >= 0 ? c->item[c->denied].r.retry_after : 0;
+    check_failures = c->item[0].r.failures;
+}
+
+static int limiter_check(struct ratelimit *rl, enum rl_rule rule, const char *key)
+{
+    ratelimit_check(rl, 1, &rule, &key, check_done, NULL);
+    return check_denied < 0;
+}
+
+/*
+ * The limiter on a table of the minimum size (256 slots): accounts driven into a one-hour
+ * delay fill their region; a new account whose bucket is full is refused with Retry-After
+ * (never allowed on a state that cannot be kept); a flood of client addresses cannot push the
+ * held accounts out, and a flood of new accounts cannot push an address's exhausted quota out.
+ */
+static void test_limiter_full_table(void **state)
+{
+    char *errors = NULL, err[256], key[RL_KEY_MAX], email[64];
+    struct config *cfg = load_text("ratelimit = { shm = { slots = 256; };\n"
+                                   "  login = { limit = 5; period = 3600; };\n"
+                                   "  lockout = { threshold = 2; base_delay = 3600; "
+                                   "max_delay = 3600; max_failures = 3; };\n};\n",
+                                   &errors);
+    int first_refused = -1, held = 0;
+    uint64_t ev, refused;
+
+    assert_non_null(cfg);
+    assert_int_equal(ratelimit_shm_setup(cfg, err, sizeof(err)), 0);
+    struct health *h = health_create();
+    assert_non_null(h);
+    struct ratelimit *rl = ratelimit_new(cfg, NULL, &h->slot[health_slot_claim(h, 1, 0)]);
+    assert_non_null(rl);
+    /* An address that used its whole login quota. */
+    for (int i = 0; i < 5; i++)
+        assert_true(limiter_check(rl, RL_LOGIN, "192.0.2.9"));
+    assert_false(limiter_check(rl, RL_LOGIN, "192.0.2.9"));
+    /* Accounts with two failures each (held for an hour) until a new one cannot be stored. */
+    for (int i = 0; i < 5000 && first_refused < 0; i++) {
+        snprintf(email, sizeof(email), "fill%d@example.com", i);
+        ratelimit_account_key(email, key);
+        if (!limiter_check(rl, RL_ACCOUNT, key)) {
+            first_refused = i;
+            break;
+        }
+        assert_int_equal(check_failures, 1);
+        assert_true(limiter_check(rl, RL_ACCOUNT, key));
+        held++;
+    }
+    assert_true(first_refused > 0);
+    int cap = rl_shm_capacity(ratelimit_shm_table(), RL_TABLE_ACCOUNT);
+    assert_true(held >= cap / 6 && held <= cap);
+    /* (a) refused with Retry-After until the first hold of the bucket ends, about an hour */
+    assert_true(check_retry > 3500 && check_retry <= 3601); /* holds end on whole seconds */
+    rl_shm_stats(ratelimit_shm_table(), RL_TABLE_ACCOUNT, &ev, &refused);
+    assert_int_equal(refused, 1);
+    for (int i = 0; i < 3; i++)
+        assert_false(limiter_check(rl, RL_ACCOUNT, key)); /* every time, not once */
+    /* (b) 5000 client addresses on the global rule: the address region makes room among its
+     * own entries, the account region is untouched. */
+    for (int i = 0; i < 5000; i++) {
+        char ip[32];
+        snprintf(ip, sizeof(ip), "10.%d.%d.1", i / 256, i % 256);
+        assert_true(limiter_check(rl, RL_GLOBAL, ip));
+    }
+    rl_shm_stats(ratelimit_shm_table(), RL_TABLE_ADDRESS, &ev, &refused);
+    assert_true(ev > 0);
+    assert_int_equal(refused, 0);
+    for (int i = 0; i < first_refused; i++) {
+        snprintf(email, sizeof(email), "fill%d@example.com", i);
+        ratelimit_account_key(email, key);
+        assert_false(limiter_check(rl, RL_ACCOUNT, key)); /* still in its one-hour delay */
+        assert_int_equal(check_failures, 2);
+        assert_true(check_retry > 3500);
+    }
+    /* ... and the accounts flood left the address's exhausted quota where it was. */
+    assert_false(limiter_check(rl, RL_LOGIN, "192.0.2.9"));
+    rl_shm_stats(ratelimit_shm_table(), RL_TABLE_ACCOUNT, &ev, &refused);
+    assert_int_equal(refused, 4);
+    ratelimit_free(rl);
+    ratelimit_shm_cleanup();
+    health_destroy(h);
+    config_free(cfg);
+    free(errors);
+}
+
 static void test_account_key(void **state)
 {
     char a[RL_KEY_MAX], b[RL_KEY_MAX];
@@ -598,7 +714,8 @@ int main(void)
         cmocka_unit_test(test_shm_dead_lock_owner),
         cmocka_unit_test(test_shm_zombie_lock_owner),
         cmocka_unit_test(test_shm_lookup_does_not_evict),
-        cmocka_unit_test(test_shm_eviction_keeps_lockouts),
+        cmocka_unit_test(test_shm_full_bucket_refuses),
+        cmocka_unit_test(test_limiter_full_table),
         cmocka_unit_test(test_client_key),
         cmocka_unit_test(test_client_ip_mapped),
         cmocka_unit_test(test_account_refund),
