@@ -12,6 +12,7 @@
 
 #include "shared/log.h"
 #include "shared/ratelimit.h"
+#include "shared/testhook.h"
 #include "worker/api.h"
 #include "worker/http.h"
 #include "worker/offload.h"
@@ -205,8 +206,22 @@ static int worker_setup(struct worker *w, SSL_CTX *ssl, int public_fd, int admin
     return 0;
 }
 
+/* Set up: the worker counts as ready (a test build may hold this, see shared/testhook.h). */
+static void report_ready(void *arg)
+{
+    struct worker *w = arg;
+
+    if (w->draining)
+        return;
+    health_slot_state(w->health, w->slot, SLOT_READY);
+    router_refresh_health(w);
+    log_debug("worker ready in slot %d, generation %u", w->slot,
+              atomic_load(&w->health->ident[w->slot].generation));
+}
+
 static void worker_teardown(struct worker *w)
 {
+    testhook_hold_free();
     http_close_all(w);
     ratelimit_shutdown(w->rl); /* answers checks waiting on Redis, before the pools go */
     offload_free(w->offload);  /* runs pending completions, which free their connections */
@@ -251,10 +266,8 @@ int worker_main(const struct config *cfg, SSL_CTX *ssl, const struct auth *auth,
         status = WORKER_EXIT_FATAL;
         goto out;
     }
-    health_slot_state(h, slot, SLOT_READY);
-    router_refresh_health(&w);
-    log_debug("worker ready in slot %d, generation %u", slot,
-              atomic_load(&h->ident[slot].generation));
+    if (!testhook_hold_ready(w.base, report_ready, &w))
+        report_ready(&w);
     event_base_dispatch(w.base);
     log_debug("worker in slot %d drained", slot);
 out:
