@@ -20,6 +20,7 @@
 #include "shared/password.h"
 #include "shared/store.h"
 #include "shared/log.h"
+#include "shared/testhook.h"
 #include "shared/tls.h"
 
 #define EXIT_USAGE 2
@@ -421,9 +422,10 @@ int main(int argc, char **argv)
         sub = NULL;
     }
     if (!strcmp(verb, "version")) {
-        printf("authd %s\n", PACKAGE_VERSION);
+        printf("authd %s%s\n", PACKAGE_VERSION, TESTHOOK_VERSION_SUFFIX);
         return 0;
     }
+    testhook_init();
     log_set_role("cli");
     if (!strcmp(verb, "keys")) {
         if (sub && !strcmp(sub, "generate") && optind + 2 == argc)

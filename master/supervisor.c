@@ -231,6 +231,28 @@ static void close_inherited(int keep1, int keep2)
     close_range(hi + 1, ~0U, 0);
 }
 
+/*
+ * fork() with every signal blocked, restored in the parent; the child starts with all of them
+ * blocked. Otherwise a signal sent to a new child before it installed its own handlers (a
+ * SIGTERM of a stop or a rollback right after a respawn) would run the master's handler in the
+ * child, which only sets a flag the child never reads: the signal would be lost. Blocked, it
+ * stays pending until the child unblocks it with its own handlers in place.
+ */
+static pid_t fork_blocked(void)
+{
+    sigset_t all, old;
+
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    pid_t pid = fork();
+    if (pid != 0) {
+        int saved = errno;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        errno = saved;
+    }
+    return pid;
+}
+
 static void spawn(int position)
 {
     struct position *ps = &sup.pos[position];
@@ -241,7 +263,7 @@ static void spawn(int position)
         ps->spawn_at = now_ms() + 1000;
         return;
     }
-    pid_t pid = fork();
+    pid_t pid = fork_blocked(); /* worker_main unblocks once its handlers are in place */
     if (pid < 0) {
         log_error("fork: %s; retrying in 1s", strerror(errno));
         health_slot_release(sup.h, slot);
@@ -342,6 +364,8 @@ static void backup_child(int wfd, const char *output)
     signal(SIGHUP, SIG_IGN);
     signal(SIGUSR1, SIG_IGN);
     signal(SIGCHLD, SIG_DFL);
+    sigemptyset(&sa.sa_mask);
+    sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL); /* blocked since fork_blocked */
     log_set_role("backup");
     /* Behind the workers for CPU and disk: nice +10, idle I/O class (failures do not matter). */
     if (nice(10) < 0)
@@ -372,7 +396,7 @@ static void backup_start(int cfd, const char *output)
         control_reply(cfd, msg);
         return;
     }
-    pid_t pid = fork();
+    pid_t pid = fork_blocked();
     if (pid == 0)
         backup_child(p[1], output);
     close(p[1]);

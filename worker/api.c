@@ -16,6 +16,7 @@
 #include "shared/email.h"
 #include "shared/log.h"
 #include "shared/ratelimit.h"
+#include "shared/testhook.h"
 #include "worker/offload.h"
 #include "worker/worker.h"
 
@@ -780,7 +781,7 @@ static struct {
 static enum jwt_error verify_token(struct worker *w, const char *token, json_t **claims_r)
 {
     unsigned char key[32];
-    int64_t now = (int64_t)time(NULL);
+    int64_t now = testhook_token_clock((int64_t)time(NULL));
 
     SHA256((const unsigned char *)token, strlen(token), key);
     unsigned idx = ((unsigned)key[0] << 8 | key[1]) % TOKEN_CACHE_SLOTS;

@@ -12,6 +12,7 @@
 
 #include "shared/log.h"
 #include "shared/ratelimit.h"
+#include "shared/testhook.h"
 #include "worker/api.h"
 #include "worker/http.h"
 #include "worker/offload.h"
@@ -135,10 +136,22 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         log_error("reopen %s: %s", w->cfg->log.file, strerror(errno));
 }
 
-/* Signal dispositions inherited from the master are not ours: reset them. */
+/* SIGTERM and SIGUSR1: the signals the worker's loop handles (on_signal). */
+static void own_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGUSR1);
+}
+
+/*
+ * Signal dispositions inherited from the master are not ours: reset them. The master forks
+ * with every signal blocked (fork_blocked); all are unblocked here but SIGTERM and SIGUSR1,
+ * which stay blocked (a SIGTERM sent already stays pending) until the loop handles them.
+ */
 static void reset_signals(void)
 {
-    sigset_t none;
+    sigset_t own;
 
     signal(SIGHUP, SIG_IGN); /* reload is the master's business */
     signal(SIGINT, SIG_IGN); /* a terminal's Ctrl-C reaches the whole group: master decides */
@@ -146,8 +159,8 @@ static void reset_signals(void)
     signal(SIGCHLD, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGUSR1, SIG_DFL);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    own_signals(&own);
+    sigprocmask(SIG_SETMASK, &own, NULL);
 }
 
 static int add_listener(struct worker *w, int idx, int fd, SSL_CTX *ssl)
@@ -208,8 +221,22 @@ static int worker_setup(struct worker *w, SSL_CTX *ssl, int public_fd, int admin
     return 0;
 }
 
+/* Set up: the worker counts as ready (a test build may hold this, see shared/testhook.h). */
+static void report_ready(void *arg)
+{
+    struct worker *w = arg;
+
+    if (w->draining)
+        return;
+    health_slot_state(w->health, w->slot, SLOT_READY);
+    router_refresh_health(w);
+    log_debug("worker ready in slot %d, generation %u", w->slot,
+              atomic_load(&w->health->ident[w->slot].generation));
+}
+
 static void worker_teardown(struct worker *w)
 {
+    testhook_hold_free();
     http_close_all(w);
     ratelimit_shutdown(w->rl); /* answers checks waiting on Redis, before the pools go */
     offload_free(w->offload);  /* runs pending completions, which free their connections */
@@ -255,10 +282,11 @@ int worker_main(const struct config *cfg, SSL_CTX *ssl, const struct auth *auth,
         status = WORKER_EXIT_FATAL;
         goto out;
     }
-    health_slot_state(h, slot, SLOT_READY);
-    router_refresh_health(&w);
-    log_debug("worker ready in slot %d, generation %u", slot,
-              atomic_load(&h->ident[slot].generation));
+    sigset_t own;
+    own_signals(&own);
+    sigprocmask(SIG_UNBLOCK, &own, NULL); /* the loop's handlers are in place (worker_setup) */
+    if (!testhook_hold_ready(w.base, report_ready, &w))
+        report_ready(&w);
     event_base_dispatch(w.base);
     log_debug("worker in slot %d drained", slot);
 out:

@@ -37,6 +37,8 @@ CURL=(curl -sS -k --noproxy '*' --max-time 10)
 RATELIMIT_ENV=(AUTHD_RATELIMIT_GLOBAL_LIMIT=0 AUTHD_RATELIMIT_LOGIN_LIMIT=0
     AUTHD_RATELIMIT_REGISTER_LIMIT=0 AUTHD_RATELIMIT_REFRESH_LIMIT=0
     AUTHD_RATELIMIT_LOCKOUT_THRESHOLD=0)
+# More VAR=VALUE pairs for the servers start_server starts (the test hooks, need_test_hooks).
+SERVER_ENV=()
 
 # ---- messages and assertions ----
 
@@ -102,6 +104,13 @@ expect_not_contains() { # haystack needle what
 expect_match() { # haystack extended-regex what
     printf '%s' "$1" | grep -Eq -- "$2" ||
         fail "$3: expected to match /$2/, got: $(printf '%s' "$1" | head -c 2000)"
+}
+
+# need_test_hooks: skips unless $AUTHD_BIN was configured with --enable-test-hooks (the
+# AUTHD_TEST_* switches of shared/testhook.h; `authd version` then ends in "(test-hooks)").
+need_test_hooks() {
+    [[ "$("$AUTHD_BIN" version 2>/dev/null)" == *"(test-hooks)"* ]] ||
+        skip "$AUTHD_BIN has no test hooks: configure it with --enable-test-hooks (scripts/test does)"
 }
 
 need_tool() {
@@ -341,7 +350,8 @@ start_server() {
         fi
         write_config
         echo "---- start attempt $attempt: ports $PORT/$ADMIN_PORT ----" >>"$SERVER_STDERR"
-        env "${RATELIMIT_ENV[@]}" "$AUTHD_BIN" --config "$CONF" serve 2>>"$SERVER_STDERR" &
+        env "${RATELIMIT_ENV[@]}" "${SERVER_ENV[@]}" "$AUTHD_BIN" --config "$CONF" serve \
+            2>>"$SERVER_STDERR" &
         SERVER_PID=$!
         SERVER_RC=""
         if wait_until "$limit" server_ready; then

@@ -6,10 +6,15 @@
 # tokens signed with the real key but a wrong typ/aud/iss/exp/nbf/kid or a missing claim). Key
 # rotation by reload: with [new, old] old tokens still verify (both kids published) and new ones
 # carry the new kid; with [new] only the old token fails in jose and on /v1/me; kids survive a
-# restart.
+# restart. The server's token clock is frozen (AUTHD_TEST_CLOCK_FILE, shared/testhook.h) while
+# the forged tokens are checked, so exp/nbf/iat are placed exactly against the leeway: the
+# result cannot depend on how long the test took to get there.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 itest_init
 need_python
+need_test_hooks
+CLOCK="$T/token-clock"
+SERVER_ENV=(AUTHD_TEST_CLOCK_FILE="$CLOCK")
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     skip "node and npm are needed"
 fi
@@ -197,7 +202,9 @@ expect_eq "$rc:$(printf '%s' "$JV" | json "d.get('error')")" 1:ERR_JWT_CLAIM_VAL
 # ---- the server refuses tokens jose forges ----
 me "$AT_OLD"
 expect_eq "$CODE" 200 "server: /v1/me with the real token"
+# From here to the key rotation the server checks tokens at exactly $now (the frozen clock).
 now=$(date +%s)
+echo "$now" >"$CLOCK"
 base_claims=$(payload_of "$AT_OLD")
 # claims EXPR: base_claims modified by Python statements on c.
 claims() {
@@ -270,6 +277,14 @@ pos "typ application/at+jwt" es256 "{\"typ\":\"application/at+jwt\",\"kid\":\"$O
 pos "typ AT+JWT" es256 "{\"typ\":\"AT+JWT\",\"kid\":\"$OLD_KID\"}" ""
 pos "no nbf" es256 "$HDR" 'del c["nbf"]'
 pos "exp 10 s ago (within the 30 s leeway)" es256 "$HDR" 'c["exp"] = now - 10'
+# The leeway's edges (tokens.leeway = 30): exp + 30 = now is still valid, one second more is not;
+# the same for nbf - 30 and iat - 30.
+pos "exp 30 s ago (the edge of the leeway)" es256 "$HDR" 'c["exp"] = now - 30'
+neg "exp 31 s ago (past the 30 s leeway)" es256 "$HDR" 'c["exp"] = now - 31'
+pos "nbf 30 s ahead (the edge of the leeway)" es256 "$HDR" 'c["nbf"] = now + 30'
+neg "nbf 31 s ahead (past the 30 s leeway)" es256 "$HDR" 'c["nbf"] = now + 31'
+pos "iat 30 s ahead (the edge of the leeway)" es256 "$HDR" 'c["iat"] = now + 30'
+neg "iat 31 s ahead (past the 30 s leeway)" es256 "$HDR" 'c["iat"] = now + 31'
 
 # Raw tokens (exact bytes signed with the real key): malformed JSON and encodings.
 # raw_token KIND HEADER PAYLOAD: prints the token.
@@ -328,6 +343,8 @@ expect_match "$std" '[+/]' "a standard-base64 payload segment"
 raw_neg "standard base64 characters" "$(raw_token es256-b64 "$HB64" "$std")"
 raw_neg "four parts" "$t.$(printf '%s' "$t" | cut -d. -f3)"
 raw_neg "an empty signature" "${t%.*}."
+
+rm -f "$CLOCK" # the real clock again: the tokens minted below carry the real iat
 
 # ---- rotation: [new, old] ----
 reload_keys new old
